@@ -1,0 +1,71 @@
+# deepgate: `make run` and `make test` do all the set-up on a fresh machine (Python 3.11 + git).
+# Override the interpreter or the torch build, e.g.:
+#   make run PYTHON=python3.11 TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124"
+
+PYTHON ?= python3
+VENV   ?= .venv
+# A CPU build of torch by default: small, and what the tests ran with. Installed before the
+# project so that no dependency drags in a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
+export GX_ANALYTICS_ENABLED := False
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.DEFAULT_GOAL := help
+.PHONY: help install dev run test test-fast lint format bench status serve ui clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade "pip>=24"
+
+# Reinstall only when the dependency declarations change.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	@echo "installing $(TORCH) and deepgate into $(VENV) (first time: a few minutes)"
+	$(PIP) install $(TORCH)
+	$(PIP) install -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv and install deepgate (torch: $(TORCH))
+
+dev: $(VENV)/.installed-dev ## install + test and lint tools
+
+run: install ## Retrain every bundled pipeline through every gate and print the summary
+	$(BIN)/deepgate run --all
+
+test: dev ## Run the whole test suite (what CI runs)
+	$(BIN)/python -m pytest
+
+test-fast: dev ## Tests without the slow end-to-end ones
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: dev ## ruff (lint + format check) and mypy on components/
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: dev ## Apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install ## Per-stage wall time of the pipeline (benchmarks/pipeline.py)
+	$(BIN)/python benchmarks/pipeline.py
+
+status: install ## Registered versions, aliases and verdicts
+	$(BIN)/deepgate status
+
+serve: install ## Serve arrests@champion on http://127.0.0.1:8000
+	$(BIN)/deepgate serve arrests
+
+ui: install ## MLflow UI on the embedded store
+	$(BIN)/deepgate ui
+
+clean: ## Remove local state (MLflow store, Prefect home, DVC cache/remote, data copies); keeps .venv
+	rm -rf mlflow/mlflow.db mlflow/artifacts .prefect .dvc/cache .dvc/tmp .dvc-storage data/*/

@@ -1,0 +1,1 @@
+"""deepgate's logic: plain typed functions and classes. Never imports prefect."""

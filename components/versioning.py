@@ -1,0 +1,76 @@
+"""Dataset versions with DVC: snapshot a file, push it to the remote, name it by its hash.
+
+The dataset's DVC md5 is its data version: unchanged data gives the same version and is
+neither re-hashed expensively nor copied to the remote again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """A versioned dataset file.
+
+    Attributes:
+        path: The file, relative to the DVC repository root.
+        md5: DVC's content hash: the data version.
+        size: Bytes.
+        pushed: Files sent to the remote by this call (0 when it already had them).
+    """
+
+    path: str
+    md5: str
+    size: int
+    pushed: int
+
+    @property
+    def short(self) -> str:
+        """The first 8 characters of the hash, for summaries."""
+        return self.md5[:8]
+
+
+def open_repo(root: Path, remote_url: str):  # -> dvc.repo.Repo (typed loosely: dvc ships no stubs)
+    """Open (or create) the DVC repository at `root` with `remote_url` as default remote.
+
+    A repository inside a git work tree uses git; elsewhere (tests, a bare folder) it is
+    created without SCM. The remote goes to `.dvc/config.local`, so pointing at another
+    remote is a setting, never an edit of a tracked file.
+    """
+    from dvc.repo import Repo
+
+    if not (root / ".dvc").is_dir():
+        in_git = any((parent / ".git").exists() for parent in [root, *root.parents])
+        Repo.init(str(root), no_scm=not in_git, subdir=in_git and not (root / ".git").exists())
+    repo = Repo(str(root))
+    # The pointer files are the user's to commit; don't print DVC's "git add" hints mid-run.
+    repo.scm_context.quiet = True
+    with repo.config.edit("local") as conf:
+        conf["remote"]["deepgate"] = {"url": remote_url}
+        conf["core"]["remote"] = "deepgate"
+    return repo
+
+
+def version_dataset(root: Path, path: Path, remote_url: str) -> DataVersion:
+    """`dvc add` the file and `dvc push` it; return its version.
+
+    Args:
+        root: The DVC repository root (the project workspace).
+        path: The dataset file, inside `root`.
+        remote_url: DVC remote (a local folder by default, `s3://...` beyond one machine).
+    """
+    repo = open_repo(root, remote_url)
+    relative = str(path.resolve().relative_to(root.resolve()))
+    try:
+        stage = repo.add(relative)[0]
+        out = stage.outs[0]
+        pushed = repo.push(targets=[relative])
+    finally:
+        repo.close()
+    logger.info("dataset %s at md5 %s (%d file(s) pushed)", relative, out.hash_info.value, pushed)
+    return DataVersion(relative, str(out.hash_info.value), int(out.meta.size or 0), int(pushed))

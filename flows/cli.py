@@ -1,0 +1,276 @@
+"""`deepgate`: the command line. Each command is wiring over flows/ and components/.
+
+Exit codes of `deepgate run`: 0 the flow completed (challenger promoted, rejected, or already
+up to date); 2 a data or label gate stopped the run before training; 1 an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from components import names
+from components.config import ConfigError, PipelineConfig, bundled_pipelines, load_pipeline
+from components.settings import Settings, load_settings
+
+app = typer.Typer(help="deepgate: gated retraining of deep-learning classifiers.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_ERROR, EXIT_GATE = 0, 1, 2
+_LOCAL_PREFECT = "http://127.0.0.1:4200/api"
+
+
+def _prepare_environment(settings: Settings) -> None:
+    """Settings that must be in place before prefect, GX or MLflow are imported."""
+    os.environ.setdefault("PREFECT_HOME", str(settings.home / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Prefect's temporary server migrates a new database on its first start; on a busy
+    # 2-core machine that can outlast Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if "PREFECT_API_URL" not in os.environ and _answers(f"{_LOCAL_PREFECT}/health"):
+        # A local Prefect server is running: use it (runs show in its UI, and no temporary
+        # server has to start, which costs several seconds).
+        os.environ["PREFECT_API_URL"] = _LOCAL_PREFECT
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.3) as response:  # noqa: S310 (loopback only)
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _configs(pipelines: list[str], config: Path | None, overrides: list[str], settings: Settings) -> list[PipelineConfig]:
+    if config is not None:
+        if pipelines:
+            raise ConfigError("give either pipeline names or --config, not both")
+        return [load_pipeline(config_file=config, overrides=overrides)]
+    if not pipelines:
+        raise ConfigError("name a pipeline (or several, or --all), or pass --config FILE.yaml")
+    return [load_pipeline(name, params_path=settings.params_path, overrides=overrides) for name in pipelines]
+
+
+@app.command()
+def run(
+    pipelines: Annotated[list[str] | None, typer.Argument(help="Bundled pipelines to retrain (see params.yaml).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A pipeline YAML file instead.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. train.max_epochs=5 (repeatable).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every pipeline in params.yaml.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
+) -> None:
+    """Retrain pipelines through every gate, and print what happened."""
+    settings = load_settings()
+    try:
+        names_ = sorted(bundled_pipelines(settings.params_path)) if all_ else list(pipelines or [])
+        configs = _configs(names_, config, list(set_ or []), settings)
+    except ConfigError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    _prepare_environment(settings)
+    from flows.retrain import GateStopped, retrain
+
+    summaries, codes = [], []
+    for cfg in configs:
+        state = retrain(cfg, home=str(settings.home), return_state=True)
+        if state.is_completed():
+            summaries.append(state.result())
+            codes.append(EXIT_OK)
+            continue
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, GateStopped):
+            summaries.append(error.summary)
+            codes.append(EXIT_GATE)
+        else:
+            err.print(f"[red]error in pipeline {cfg.name}:[/red] {error}", highlight=False)
+            codes.append(EXIT_ERROR)
+    if as_json:
+        console.print_json(json.dumps([s.to_dict() for s in summaries]))
+    else:
+        _print_summaries(summaries)
+    raise typer.Exit(EXIT_ERROR if EXIT_ERROR in codes else max(codes, default=EXIT_OK))
+
+
+def _print_summaries(summaries: list[Any]) -> None:
+    if not summaries:
+        return
+    table = Table(title="deepgate: retraining summary", show_lines=False)
+    for column in ("pipeline", "data version", "rows", "outcome", "accuracy", "macro-F1", "version", "champion", "time"):
+        table.add_column(column)
+    style = {"promoted": "green", "up_to_date": "cyan", "rejected": "yellow", "stopped": "red"}
+    for s in summaries:
+        acc, f1 = s.metrics.get("accuracy"), s.metrics.get("macro_f1")
+        table.add_row(
+            s.pipeline, (s.data_version or "-")[:8], str(s.rows or "-"),
+            f"[{style.get(s.outcome, 'white')}]{s.outcome}[/]",
+            "-" if acc is None else f"{acc:.4f}", "-" if f1 is None else f"{f1:.4f}",
+            f"v{s.version}" if s.version else "-", f"v{s.champion}" if s.champion else "none",
+            f"{sum(s.timings.values()):.1f}s",
+        )
+    console.print(table)
+    gates = Table(title="gates", show_lines=False)
+    for column in ("pipeline", "gate", "verdict", "detail"):
+        gates.add_column(column, overflow="fold")
+    for s in summaries:
+        for g in s.gates:
+            colour = {"pass": "green", "fail": "red"}.get(g.status, "dim")
+            gates.add_row(s.pipeline, g.gate, f"[{colour}]{g.status}[/]", g.headline)
+    console.print(gates)
+    for s in summaries:
+        for reason in s.reasons:
+            console.print(f"[bold]{s.pipeline}[/bold]: {reason}", highlight=False)
+        if s.stopped_at:
+            console.print(f"[red]{s.pipeline}: stopped at gate '{s.stopped_at}'; nothing was trained or "
+                          "registered, champion unchanged.[/red]", highlight=False)
+
+
+@app.command()
+def status(
+    pipeline: Annotated[str | None, typer.Argument(help="One pipeline (default: every bundled one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Registered versions with aliases, key metrics, gate verdicts and data version."""
+    settings = load_settings()
+    _prepare_environment(settings)
+    from components.registry import Registry
+
+    registry = Registry(settings)
+    pipelines = [pipeline] if pipeline else sorted(bundled_pipelines(settings.params_path))
+    report: dict[str, list[dict[str, Any]]] = {}
+    for name in pipelines:
+        rows = []
+        for v in registry.versions(name):
+            metrics = registry.client.get_run(v.run_id).data.metrics
+            rows.append({
+                "version": v.version, "aliases": v.aliases,
+                "verdict": v.tags.get(names.TAG_VERDICT), "data_version": v.tags.get(names.TAG_DATA_VERSION),
+                "accuracy": metrics.get("test.accuracy"), "macro_f1": metrics.get("test.macro_f1"),
+                "gates": {k.removeprefix(names.TAG_GATE_PREFIX): t for k, t in v.tags.items()
+                          if k.startswith(names.TAG_GATE_PREFIX)},
+                "reasons": v.tags.get(names.TAG_REASONS, ""),
+            })
+        report[name] = rows
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    for name, rows in report.items():
+        table = Table(title=f"{name} ({names.registered_model_name(name)})")
+        for column in ("version", "aliases", "verdict", "accuracy", "macro-F1", "data", "gates"):
+            table.add_column(column, overflow="fold")
+        for r in rows:
+            table.add_row(
+                f"v{r['version']}", ", ".join(r["aliases"]) or "-", r["verdict"] or "-",
+                "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+                "-" if r["macro_f1"] is None else f"{r['macro_f1']:.4f}",
+                (r["data_version"] or "-")[:8], " ".join(f"{k}:{v}" for k, v in sorted(r["gates"].items())),
+            )
+        if not rows:
+            table.add_row("-", "-", "no versions yet", "", "", "", "")
+        console.print(table)
+
+
+@app.command()
+def serve(
+    pipeline: Annotated[str, typer.Argument(help="The pipeline whose @champion to serve.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    poll: Annotated[float, typer.Option(help="Seconds between checks for a new champion.")] = 10.0,
+) -> None:
+    """Serve the pipeline's @champion over REST; follows alias moves without restart."""
+    settings = load_settings()
+    _prepare_environment(settings)
+    from components.registry import Registry
+    from components.serving import create_app, serve as run_server
+
+    registry = Registry(settings)
+    cache = Path(tempfile.mkdtemp(prefix=f"deepgate-serve-{pipeline}-"))
+    loader = champion_loader(registry, pipeline, cache)
+    console.print(f"serving {pipeline}@champion on http://{host}:{port} (docs: /docs); checking for a new "
+                  f"champion every {poll:g}s", highlight=False)
+    run_server(create_app(loader, pipeline=pipeline, poll_seconds=poll), host=host, port=port)
+
+
+def champion_loader(registry: Any, pipeline: str, cache: Path) -> Any:
+    """A loader for the serving app: the current @champion, downloaded once per version."""
+    from components.predictor import Predictor
+    from components.serving import LoadedModel
+
+    loaded: dict[str, LoadedModel] = {}
+
+    def load() -> LoadedModel | None:
+        info = registry.alias_version(pipeline, names.CHAMPION)
+        if info is None:
+            return None
+        if info.version not in loaded:
+            package = registry.copy_package(pipeline, info.version, cache / f"v{info.version}")
+            loaded.clear()
+            loaded[info.version] = LoadedModel(info.version, Predictor.load(package), {
+                "pipeline": pipeline, "alias": names.CHAMPION,
+                "data_version": info.tags.get(names.TAG_DATA_VERSION),
+                "git_commit": info.tags.get(names.TAG_GIT_COMMIT), "registered_at_ms": info.created_ms})
+        return loaded[info.version]
+
+    return load
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
+    """Start the MLflow UI on the embedded store, and say how to open the Prefect UI."""
+    settings = load_settings()
+    console.print(f"MLflow UI: http://127.0.0.1:{port}  (store: {settings.tracking_uri})", highlight=False)
+    console.print("Prefect UI: run `prefect server start` in another shell, then "
+                  "`export PREFECT_API_URL=http://127.0.0.1:4200/api`; deepgate also uses a local "
+                  "server on that port by itself when one is running.", highlight=False)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
+               "--host", "127.0.0.1", "--port", str(port)]
+    if settings.artifact_root:
+        command += ["--default-artifact-root", settings.artifact_root]
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+def schedule(
+    pipelines: Annotated[list[str] | None, typer.Argument(help="Pipelines to schedule (default: all).")] = None,
+    cron: Annotated[str, typer.Option(help="Cron expression (default: nightly at 03:00).")] = "0 3 * * *",
+) -> None:
+    """Serve Prefect deployments that retrain each pipeline on a cron schedule."""
+    settings = load_settings()
+    _prepare_environment(settings)
+    from prefect import serve as prefect_serve
+
+    from flows.retrain import retrain
+
+    chosen = list(pipelines or sorted(bundled_pipelines(settings.params_path)))
+    deployments = []
+    for name in chosen:
+        cfg = load_pipeline(name, params_path=settings.params_path)
+        deployments.append(retrain.to_deployment(
+            name=f"{name}-nightly", cron=cron,
+            parameters={"config": cfg.model_dump(mode="json"), "home": str(settings.home)},
+            tags=["deepgate", name]))
+    console.print(f"serving {len(deployments)} deployment(s) on cron '{cron}': "
+                  + ", ".join(f"retrain/{d.name}" for d in deployments), highlight=False)
+    prefect_serve(*deployments)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

