@@ -73,9 +73,7 @@ def _group_labels(column: pd.Series) -> np.ndarray:
     return column.astype(object).where(column.notna(), MISSING_GROUP).astype(str).to_numpy()
 
 
-def _group_table(
-    y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, min_size: int
-) -> list[dict[str, Any]]:
+def _group_table(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, min_size: int) -> list[dict[str, Any]]:
     frame = MetricFrame(
         metrics={
             "accuracy": accuracy_score,
@@ -125,10 +123,7 @@ def _audit_column(
     note = _too_small_note(rows, min_size)
     dp_name, eo_name = f"demographic_parity_ratio({column})", f"equalized_odds_difference({column})"
     if len(judged) < 2:
-        detail = (
-            f"{column}: fewer than two groups with >= {min_size} rows, "
-            f"so parity cannot be judged{note}"
-        )
+        detail = f"{column}: fewer than two groups with >= {min_size} rows, so parity cannot be judged{note}"
         checks = [Check(dp_name, False, detail, None, gate.min_demographic_parity_ratio)]
         if gate.max_equalized_odds_difference is not None:
             checks.append(Check(eo_name, False, detail, None, gate.max_equalized_odds_difference))
@@ -198,10 +193,7 @@ def audit_bias(
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if not (len(y_true) == len(y_pred) == len(sensitive)):
-        raise ValueError(
-            f"lengths differ: y_true {len(y_true)}, y_pred {len(y_pred)}, "
-            f"sensitive {len(sensitive)}"
-        )
+        raise ValueError(f"lengths differ: y_true {len(y_true)}, y_pred {len(y_pred)}, sensitive {len(sensitive)}")
     if sensitive.shape[1] == 0:
         note = Check(
             "no_sensitive_columns",
@@ -217,9 +209,7 @@ def audit_bias(
     for column in sensitive.columns:
         groups = _group_labels(sensitive[column])
         rows = _group_table(truth, pred, groups, min_group_size)
-        checks, figures = _audit_column(
-            str(column), truth, pred, groups, rows, gate, min_group_size
-        )
+        checks, figures = _audit_column(str(column), truth, pred, groups, rows, gate, min_group_size)
         report.groups[str(column)] = rows
         report.checks += checks
         report.figures.update(figures)

@@ -38,20 +38,14 @@ class DataConfig(_Strict):
     )
     target: str = Field("label", description="Label column (for npz sources: always `label`).")
     id: str | None = Field(None, description="Column holding a unique key per row.")
-    sensitive: list[str] = Field(
-        default_factory=list, description="Columns audited for bias (group membership)."
-    )
-    time: str | None = Field(
-        None, description="Ordering column; when set, the test split is the latest period."
-    )
+    sensitive: list[str] = Field(default_factory=list, description="Columns audited for bias (group membership).")
+    time: str | None = Field(None, description="Ordering column; when set, the test split is the latest period.")
     features: list[str] | None = Field(
         None,
         description="Feature columns; default: every column but target, id and (unless "
         "`sensitive_as_features`) the sensitive ones.",
     )
-    sensitive_as_features: bool = Field(
-        False, description="Feed the sensitive columns to the model too."
-    )
+    sensitive_as_features: bool = Field(False, description="Feed the sensitive columns to the model too.")
     positive_label: str | None = Field(
         None,
         description="Binary tasks: the favourable outcome (for selection rates and ROC-AUC); "
@@ -143,9 +137,7 @@ class ValidationGate(_Strict):
     range_margin: float = Field(
         0.1, ge=0, description="Numeric ranges learnt from the reference widen by this fraction."
     )
-    max_null_fraction: float = Field(
-        0.01, ge=0, le=1, description="Allowed null fraction in a column that had none."
-    )
+    max_null_fraction: float = Field(0.01, ge=0, le=1, description="Allowed null fraction in a column that had none.")
     min_rows: int = Field(50, gt=0)
 
 
@@ -173,9 +165,7 @@ class BiasGate(_Strict):
 
     min_demographic_parity_ratio: float | None = Field(0.8, ge=0, le=1)
     max_equalized_odds_difference: float | None = Field(None, ge=0, le=1)
-    min_group_size: int = Field(
-        20, gt=0, description="Groups with fewer test rows are reported as too small to judge."
-    )
+    min_group_size: int = Field(20, gt=0, description="Groups with fewer test rows are reported as too small to judge.")
 
 
 class GatesConfig(_Strict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -155,7 +155,7 @@ def write_canonical(dataset: Dataset, path: Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     if dataset.modality == "image":
         assert dataset.images is not None
-        arrays = {"images": dataset.images}
+        arrays: dict[str, Any] = {"images": dataset.images}
         arrays.update({f"col__{c}": dataset.table[c].to_numpy() for c in dataset.table.columns})
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)

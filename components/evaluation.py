@@ -86,8 +86,7 @@ class EvalReport:
             "",
             "| accuracy | macro F1 | ROC AUC | ECE | log loss |",
             "|---|---|---|---|---|",
-            f"| {self.accuracy:.4f} | {self.macro_f1:.4f} | {auc} | {self.ece:.4f} "
-            f"| {self.log_loss:.4f} |",
+            f"| {self.accuracy:.4f} | {self.macro_f1:.4f} | {auc} | {self.ece:.4f} | {self.log_loss:.4f} |",
             "",
             "| class | precision | recall | f1 | support |",
             "|---|---|---|---|---|",
@@ -109,9 +108,7 @@ def _check_inputs(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> 
     if proba.ndim != 2 or proba.shape[1] != len(classes):
         raise ValueError(f"proba must have shape (n, {len(classes)}), got {proba.shape}")
     if len(y_true) != len(proba) or len(y_true) == 0:
-        raise ValueError(
-            f"y_true ({len(y_true)}) and proba ({len(proba)}) must be equal, non-empty"
-        )
+        raise ValueError(f"y_true ({len(y_true)}) and proba ({len(proba)}) must be equal, non-empty")
     if y_true.min() < 0 or y_true.max() >= len(classes):
         raise ValueError(f"y_true must hold class indices 0..{len(classes) - 1}")
 
@@ -123,9 +120,7 @@ def _bin_index(confidence: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     return np.searchsorted(inner, confidence, side="left")
 
 
-def calibration_bins(
-    y_true: np.ndarray, proba: np.ndarray, n_bins: int = N_BINS
-) -> list[dict[str, float]]:
+def calibration_bins(y_true: np.ndarray, proba: np.ndarray, n_bins: int = N_BINS) -> list[dict[str, float]]:
     """Per-bin accuracy and confidence of the max probability (non-empty bins only).
 
     Args:
@@ -155,9 +150,7 @@ def calibration_bins(
     return bins
 
 
-def expected_calibration_error(
-    y_true: np.ndarray, proba: np.ndarray, n_bins: int = N_BINS
-) -> float:
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = N_BINS) -> float:
     """Sum over bins of |accuracy - confidence| * bin size / n."""
     n = len(y_true)
     bins = calibration_bins(y_true, proba, n_bins)
@@ -172,16 +165,12 @@ def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float | None:
         return None
     if k == 2:
         return float(skm.roc_auc_score(y_true, proba[:, 1]))
-    return float(
-        skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=list(range(k)))
-    )
+    return float(skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=list(range(k))))
 
 
 def _per_class(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
     labels = list(range(len(classes)))
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return [
         {
             "class": name,

@@ -98,9 +98,7 @@ class GateReport:
         return "\n".join(lines)
 
 
-def threshold_check(
-    name: str, value: float | None, threshold: float | None, *, at_least: bool, what: str
-) -> Check:
+def threshold_check(name: str, value: float | None, threshold: float | None, *, at_least: bool, what: str) -> Check:
     """A check of `value` against a floor (`at_least=True`) or a ceiling; fails closed.
 
     Args:

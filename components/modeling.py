@@ -80,8 +80,14 @@ def _architecture(config: PipelineConfig, dataset: Dataset, width: int, n_classe
     assert dataset.images is not None
     shape = dataset.images.shape
     channels, height, width_px = (1, *shape[1:]) if len(shape) == 3 else shape[1:]
-    return {"in_channels": int(channels), "height": int(height), "width": int(width_px),
-            "n_classes": n_classes, "channels": list(train.channels), "dropout": train.dropout}
+    return {
+        "in_channels": int(channels),
+        "height": int(height),
+        "width": int(width_px),
+        "n_classes": n_classes,
+        "channels": list(train.channels),
+        "dropout": train.dropout,
+    }
 
 
 def fit_candidate(
@@ -115,8 +121,15 @@ def fit_candidate(
     params = _architecture(config, dataset, train_xy[0].shape[-1], len(classes))
     net = build_model(config.train.arch, **params)
     result = train_model(net, train_xy, val_xy, config.train, on_epoch_end=on_epoch_end)
-    predictor = Predictor(result.model, preprocessor, classes, config.train.arch, params, metadata,
-                          positive_class=positive_class(classes, config.data))
+    predictor = Predictor(
+        result.model,
+        preprocessor,
+        classes,
+        config.train.arch,
+        params,
+        metadata,
+        positive_class=positive_class(classes, config.data),
+    )
     return Candidate(predictor, result)
 
 
@@ -207,8 +220,12 @@ def check_serving(
         body = {"rows": json.loads(frame.to_json(orient="records"))}
     else:
         body = {"images": np.asarray(inputs).tolist()}
-    app = create_app(lambda: LoadedModel(version, served, {"pipeline": pipeline}), pipeline=pipeline,
-                     poll_seconds=3600, max_body_bytes=64_000_000)
+    app = create_app(
+        lambda: LoadedModel(version, served, {"pipeline": pipeline}),
+        pipeline=pipeline,
+        poll_seconds=3600,
+        max_body_bytes=64_000_000,
+    )
     with TestClient(app) as client:
         ready = client.get("/ready")
         checks.append(Check("ready", ready.status_code == 200, f"/ready answered {ready.status_code}"))
@@ -219,9 +236,23 @@ def check_serving(
     answer = response.json()
     got = np.asarray(answer["probabilities"], dtype=np.float64)
     diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else math.inf
-    checks.append(Check("same_version", answer.get("version") == version,
-                        f"the service answered as version {answer.get('version')}", None, None))
-    checks.append(Check("parity", diff <= tolerance,
-                        f"max |served - offline| probability difference {diff:.2e} on {len(chosen)} test rows "
-                        f"(at most {tolerance:.0e})", diff, tolerance))
+    checks.append(
+        Check(
+            "same_version",
+            answer.get("version") == version,
+            f"the service answered as version {answer.get('version')}",
+            None,
+            None,
+        )
+    )
+    checks.append(
+        Check(
+            "parity",
+            diff <= tolerance,
+            f"max |served - offline| probability difference {diff:.2e} on {len(chosen)} test rows "
+            f"(at most {tolerance:.0e})",
+            diff,
+            tolerance,
+        )
+    )
     return GateReport("serving", checks, figures={"max_abs_diff": diff, "rows": float(len(chosen))})

@@ -57,14 +57,10 @@ class PromotionDecision:
         return "\n".join(lines + table)
 
 
-def _regression_check(
-    metric: str, label: str, challenger: float, champion: float, tolerance: float | None
-) -> Check:
+def _regression_check(metric: str, label: str, challenger: float, champion: float, tolerance: float | None) -> Check:
     drop = round(champion - challenger, _DIGITS)
     name = f"no_regression_{metric}"
-    check = threshold_check(
-        name, drop, tolerance, at_least=False, what=f"{label} drop against the champion"
-    )
+    check = threshold_check(name, drop, tolerance, at_least=False, what=f"{label} drop against the champion")
     if tolerance is None:
         return check
     verdict = "within" if check.passed else "exceeds"
@@ -76,9 +72,7 @@ def _regression_check(
     return replace(check, detail=detail)
 
 
-def evaluation_gate_report(
-    challenger: EvalReport, champion: EvalReport | None, gate: EvaluationGate
-) -> GateReport:
+def evaluation_gate_report(challenger: EvalReport, champion: EvalReport | None, gate: EvaluationGate) -> GateReport:
     """The evaluation gate: absolute floors, then no regression against the champion.
 
     Args:
@@ -90,12 +84,8 @@ def evaluation_gate_report(
         A :class:`GateReport` with gate `evaluation`.
     """
     checks = [
-        threshold_check(
-            "min_accuracy", challenger.accuracy, gate.min_accuracy, at_least=True, what="accuracy"
-        ),
-        threshold_check(
-            "min_macro_f1", challenger.macro_f1, gate.min_macro_f1, at_least=True, what="macro-F1"
-        ),
+        threshold_check("min_accuracy", challenger.accuracy, gate.min_accuracy, at_least=True, what="accuracy"),
+        threshold_check("min_macro_f1", challenger.macro_f1, gate.min_macro_f1, at_least=True, what="macro-F1"),
     ]
     figures = {"accuracy": challenger.accuracy, "macro_f1": challenger.macro_f1}
     if champion is None:
@@ -116,9 +106,7 @@ def _gate_check(report: GateReport) -> Check:
         return Check(name, True, f"{report.gate} gate not applicable, so it does not block{suffix}")
     if report.passed:
         return Check(name, True, f"{report.gate} gate passed ({len(report.checks)} checks)")
-    return Check(
-        name, False, f"{report.gate} gate failed: {report.headline().removeprefix('FAIL: ')}"
-    )
+    return Check(name, False, f"{report.gate} gate failed: {report.headline().removeprefix('FAIL: ')}")
 
 
 def _promoted_summary(
@@ -127,9 +115,7 @@ def _promoted_summary(
     version: str | None,
     gates: list[GateReport],
 ) -> str:
-    floors = (
-        f"accuracy {challenger.accuracy:.4f} and macro-F1 {challenger.macro_f1:.4f} meet the floors"
-    )
+    floors = f"accuracy {challenger.accuracy:.4f} and macro-F1 {challenger.macro_f1:.4f} meet the floors"
     if champion is None:
         versus = "there is no champion yet"
     else:
@@ -167,9 +153,7 @@ def decide_promotion(
         summary of why it was promoted, plus a note for every not-applicable gate.
     """
     others = [r for r in gate_reports if r.gate != "evaluation"]
-    checks = evaluation_gate_report(challenger, champion, gate).checks + [
-        _gate_check(r) for r in others
-    ]
+    checks = evaluation_gate_report(challenger, champion, gate).checks + [_gate_check(r) for r in others]
     failed = [c for c in checks if not c.passed]
     not_applicable = [_gate_check(r).detail + "." for r in others if not r.applicable]
     if failed:

@@ -100,9 +100,7 @@ class Registry:
 
         now = get_current_time_millis()
         batch = [
-            Metric(k, float(v), now, step or 0)
-            for k, v in metrics.items()
-            if v is not None and math.isfinite(float(v))
+            Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
         ]
         if batch:
             self.client.log_batch(run_id, metrics=batch)

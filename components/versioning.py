@@ -65,11 +65,13 @@ def version_dataset(root: Path, path: Path, remote_url: str) -> DataVersion:
         remote_url: DVC remote (a local folder by default, `s3://...` beyond one machine).
     """
     repo = open_repo(root, remote_url)
-    relative = str(path.resolve().relative_to(root.resolve()))
+    absolute = path.resolve()
+    relative = str(absolute.relative_to(root.resolve()))
     try:
-        stage = repo.add(relative)[0]
+        # Absolute targets: DVC resolves relative ones against the process's cwd, not `root`.
+        stage = repo.add(str(absolute))[0]
         out = stage.outs[0]
-        pushed = repo.push(targets=[relative])
+        pushed = repo.push(targets=[str(absolute)])
     finally:
         repo.close()
     logger.info("dataset %s at md5 %s (%d file(s) pushed)", relative, out.hash_info.value, pushed)

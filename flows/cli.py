@@ -23,8 +23,12 @@ from components import names
 from components.config import ConfigError, PipelineConfig, bundled_pipelines, load_pipeline
 from components.settings import Settings, load_settings
 
-app = typer.Typer(help="deepgate: gated retraining of deep-learning classifiers.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="deepgate: gated retraining of deep-learning classifiers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -49,13 +53,15 @@ def _prepare_environment(settings: Settings) -> None:
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=0.3) as response:  # noqa: S310 (loopback only)
+        with urllib.request.urlopen(url, timeout=0.3) as response:
             return bool(response.status == 200)
     except OSError:
         return False
 
 
-def _configs(pipelines: list[str], config: Path | None, overrides: list[str], settings: Settings) -> list[PipelineConfig]:
+def _configs(
+    pipelines: list[str], config: Path | None, overrides: list[str], settings: Settings
+) -> list[PipelineConfig]:
     if config is not None:
         if pipelines:
             raise ConfigError("give either pipeline names or --config, not both")
@@ -67,9 +73,13 @@ def _configs(pipelines: list[str], config: Path | None, overrides: list[str], se
 
 @app.command()
 def run(
-    pipelines: Annotated[list[str] | None, typer.Argument(help="Bundled pipelines to retrain (see params.yaml).")] = None,
+    pipelines: Annotated[
+        list[str] | None, typer.Argument(help="Bundled pipelines to retrain (see params.yaml).")
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A pipeline YAML file instead.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. train.max_epochs=5 (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override, e.g. train.max_epochs=5 (repeatable).")
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every pipeline in params.yaml.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
 ) -> None:
@@ -109,16 +119,30 @@ def _print_summaries(summaries: list[Any]) -> None:
     if not summaries:
         return
     table = Table(title="deepgate: retraining summary", show_lines=False)
-    for column in ("pipeline", "data version", "rows", "outcome", "accuracy", "macro-F1", "version", "champion", "time"):
+    for column in (
+        "pipeline",
+        "data version",
+        "rows",
+        "outcome",
+        "accuracy",
+        "macro-F1",
+        "version",
+        "champion",
+        "time",
+    ):
         table.add_column(column)
     style = {"promoted": "green", "up_to_date": "cyan", "rejected": "yellow", "stopped": "red"}
     for s in summaries:
         acc, f1 = s.metrics.get("accuracy"), s.metrics.get("macro_f1")
         table.add_row(
-            s.pipeline, (s.data_version or "-")[:8], str(s.rows or "-"),
+            s.pipeline,
+            (s.data_version or "-")[:8],
+            str(s.rows or "-"),
             f"[{style.get(s.outcome, 'white')}]{s.outcome}[/]",
-            "-" if acc is None else f"{acc:.4f}", "-" if f1 is None else f"{f1:.4f}",
-            f"v{s.version}" if s.version else "-", f"v{s.champion}" if s.champion else "none",
+            "-" if acc is None else f"{acc:.4f}",
+            "-" if f1 is None else f"{f1:.4f}",
+            f"v{s.version}" if s.version else "-",
+            f"v{s.champion}" if s.champion else "none",
             f"{sum(s.timings.values()):.1f}s",
         )
     console.print(table)
@@ -134,8 +158,11 @@ def _print_summaries(summaries: list[Any]) -> None:
         for reason in s.reasons:
             console.print(f"[bold]{s.pipeline}[/bold]: {reason}", highlight=False)
         if s.stopped_at:
-            console.print(f"[red]{s.pipeline}: stopped at gate '{s.stopped_at}'; nothing was trained or "
-                          "registered, champion unchanged.[/red]", highlight=False)
+            console.print(
+                f"[red]{s.pipeline}: stopped at gate '{s.stopped_at}'; nothing was trained or "
+                "registered, champion unchanged.[/red]",
+                highlight=False,
+            )
 
 
 @app.command()
@@ -155,14 +182,22 @@ def status(
         rows = []
         for v in registry.versions(name):
             metrics = registry.client.get_run(v.run_id).data.metrics
-            rows.append({
-                "version": v.version, "aliases": v.aliases,
-                "verdict": v.tags.get(names.TAG_VERDICT), "data_version": v.tags.get(names.TAG_DATA_VERSION),
-                "accuracy": metrics.get("test.accuracy"), "macro_f1": metrics.get("test.macro_f1"),
-                "gates": {k.removeprefix(names.TAG_GATE_PREFIX): t for k, t in v.tags.items()
-                          if k.startswith(names.TAG_GATE_PREFIX)},
-                "reasons": v.tags.get(names.TAG_REASONS, ""),
-            })
+            rows.append(
+                {
+                    "version": v.version,
+                    "aliases": v.aliases,
+                    "verdict": v.tags.get(names.TAG_VERDICT),
+                    "data_version": v.tags.get(names.TAG_DATA_VERSION),
+                    "accuracy": metrics.get("test.accuracy"),
+                    "macro_f1": metrics.get("test.macro_f1"),
+                    "gates": {
+                        k.removeprefix(names.TAG_GATE_PREFIX): t
+                        for k, t in v.tags.items()
+                        if k.startswith(names.TAG_GATE_PREFIX)
+                    },
+                    "reasons": v.tags.get(names.TAG_REASONS, ""),
+                }
+            )
         report[name] = rows
     if as_json:
         console.print_json(json.dumps(report))
@@ -173,10 +208,13 @@ def status(
             table.add_column(column, overflow="fold")
         for r in rows:
             table.add_row(
-                f"v{r['version']}", ", ".join(r["aliases"]) or "-", r["verdict"] or "-",
+                f"v{r['version']}",
+                ", ".join(r["aliases"]) or "-",
+                r["verdict"] or "-",
                 "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
                 "-" if r["macro_f1"] is None else f"{r['macro_f1']:.4f}",
-                (r["data_version"] or "-")[:8], " ".join(f"{k}:{v}" for k, v in sorted(r["gates"].items())),
+                (r["data_version"] or "-")[:8],
+                " ".join(f"{k}:{v}" for k, v in sorted(r["gates"].items())),
             )
         if not rows:
             table.add_row("-", "-", "no versions yet", "", "", "", "")
@@ -194,13 +232,17 @@ def serve(
     settings = load_settings()
     _prepare_environment(settings)
     from components.registry import Registry
-    from components.serving import create_app, serve as run_server
+    from components.serving import create_app
+    from components.serving import serve as run_server
 
     registry = Registry(settings)
     cache = Path(tempfile.mkdtemp(prefix=f"deepgate-serve-{pipeline}-"))
     loader = champion_loader(registry, pipeline, cache)
-    console.print(f"serving {pipeline}@champion on http://{host}:{port} (docs: /docs); checking for a new "
-                  f"champion every {poll:g}s", highlight=False)
+    console.print(
+        f"serving {pipeline}@champion on http://{host}:{port} (docs: /docs); checking for a new "
+        f"champion every {poll:g}s",
+        highlight=False,
+    )
     run_server(create_app(loader, pipeline=pipeline, poll_seconds=poll), host=host, port=port)
 
 
@@ -218,10 +260,17 @@ def champion_loader(registry: Any, pipeline: str, cache: Path) -> Any:
         if info.version not in loaded:
             package = registry.copy_package(pipeline, info.version, cache / f"v{info.version}")
             loaded.clear()
-            loaded[info.version] = LoadedModel(info.version, Predictor.load(package), {
-                "pipeline": pipeline, "alias": names.CHAMPION,
-                "data_version": info.tags.get(names.TAG_DATA_VERSION),
-                "git_commit": info.tags.get(names.TAG_GIT_COMMIT), "registered_at_ms": info.created_ms})
+            loaded[info.version] = LoadedModel(
+                info.version,
+                Predictor.load(package),
+                {
+                    "pipeline": pipeline,
+                    "alias": names.CHAMPION,
+                    "data_version": info.tags.get(names.TAG_DATA_VERSION),
+                    "git_commit": info.tags.get(names.TAG_GIT_COMMIT),
+                    "registered_at_ms": info.created_ms,
+                },
+            )
         return loaded[info.version]
 
     return load
@@ -232,11 +281,24 @@ def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000)
     """Start the MLflow UI on the embedded store, and say how to open the Prefect UI."""
     settings = load_settings()
     console.print(f"MLflow UI: http://127.0.0.1:{port}  (store: {settings.tracking_uri})", highlight=False)
-    console.print("Prefect UI: run `prefect server start` in another shell, then "
-                  "`export PREFECT_API_URL=http://127.0.0.1:4200/api`; deepgate also uses a local "
-                  "server on that port by itself when one is running.", highlight=False)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
-               "--host", "127.0.0.1", "--port", str(port)]
+    console.print(
+        "Prefect UI: run `prefect server start` in another shell, then "
+        "`export PREFECT_API_URL=http://127.0.0.1:4200/api`; deepgate also uses a local "
+        "server on that port by itself when one is running.",
+        highlight=False,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if settings.artifact_root:
         command += ["--default-artifact-root", settings.artifact_root]
     raise typer.Exit(subprocess.call(command))
@@ -258,12 +320,19 @@ def schedule(
     deployments = []
     for name in chosen:
         cfg = load_pipeline(name, params_path=settings.params_path)
-        deployments.append(retrain.to_deployment(
-            name=f"{name}-nightly", cron=cron,
-            parameters={"config": cfg.model_dump(mode="json"), "home": str(settings.home)},
-            tags=["deepgate", name]))
-    console.print(f"serving {len(deployments)} deployment(s) on cron '{cron}': "
-                  + ", ".join(f"retrain/{d.name}" for d in deployments), highlight=False)
+        deployments.append(
+            retrain.to_deployment(
+                name=f"{name}-nightly",
+                cron=cron,
+                parameters={"config": cfg.model_dump(mode="json"), "home": str(settings.home)},
+                tags=["deepgate", name],
+            )
+        )
+    console.print(
+        f"serving {len(deployments)} deployment(s) on cron '{cron}': "
+        + ", ".join(f"retrain/{d.name}" for d in deployments),
+        highlight=False,
+    )
     prefect_serve(*deployments)
 
 

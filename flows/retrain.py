@@ -25,7 +25,7 @@ from prefect.context import get_run_context
 from components import modeling, names
 from components.bias import audit_bias
 from components.config import PipelineConfig
-from components.dataset import Dataset, DataLoadError, canonical_path, load_source, write_canonical
+from components.dataset import DataLoadError, Dataset, canonical_path, load_source, write_canonical
 from components.evaluation import EvalReport, plot_confusion_matrix, plot_learning_curves
 from components.gates import Check, GateReport
 from components.labels import check_labels
@@ -96,16 +96,26 @@ def train(dataset: Dataset, indices: SplitIndices, config: PipelineConfig, metad
     def report(row: dict) -> None:
         logger.info(
             "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.2e",
-            row["epoch"] + 1, config.train.max_epochs, row["train_loss"], row["val_loss"],
-            row["val_accuracy"], row["lr"],
+            row["epoch"] + 1,
+            config.train.max_epochs,
+            row["train_loss"],
+            row["val_loss"],
+            row["val_accuracy"],
+            row["lr"],
         )
 
     return modeling.fit_candidate(config, dataset, indices, metadata=metadata, on_epoch_end=report)
 
 
 @_task(name="evaluate")
-def evaluate(candidate: modeling.Candidate, dataset: Dataset, indices: SplitIndices, registry: Registry,
-             config: PipelineConfig, champion: str | None) -> tuple[EvalReport, EvalReport | None, str | None]:
+def evaluate(
+    candidate: modeling.Candidate,
+    dataset: Dataset,
+    indices: SplitIndices,
+    registry: Registry,
+    config: PipelineConfig,
+    champion: str | None,
+) -> tuple[EvalReport, EvalReport | None, str | None]:
     """Score the candidate and the current champion on the same test rows."""
     report = modeling.score(candidate.predictor, dataset, indices.test)
     if champion is None:
@@ -122,13 +132,21 @@ def audit(candidate: modeling.Candidate, dataset: Dataset, indices: SplitIndices
     """Fairness of the candidate's test predictions across sensitive groups."""
     y_true, y_pred, positive = modeling.binary_outcomes(candidate.predictor, dataset, indices.test, config.data)
     groups = dataset.table.iloc[indices.test][config.data.sensitive].reset_index(drop=True)
-    return audit_bias(y_true, y_pred, groups, config.gates.bias, positive=positive,
-                      min_group_size=config.gates.bias.min_group_size, n_classes=len(candidate.predictor.classes))
+    return audit_bias(
+        y_true,
+        y_pred,
+        groups,
+        config.gates.bias,
+        positive=positive,
+        min_group_size=config.gates.bias.min_group_size,
+        n_classes=len(candidate.predictor.classes),
+    )
 
 
 @_task(name="register")
-def register(registry: Registry, run_id: str, candidate: modeling.Candidate, config: PipelineConfig,
-             tags: dict[str, str]) -> str:
+def register(
+    registry: Registry, run_id: str, candidate: modeling.Candidate, config: PipelineConfig, tags: dict[str, str]
+) -> str:
     """Log the model package to MLflow and register it as `challenger`."""
     with modeling.saved_package(candidate.predictor) as package:
         source = registry.log_model(run_id, package, modeling.pip_requirements())
@@ -136,8 +154,14 @@ def register(registry: Registry, run_id: str, candidate: modeling.Candidate, con
 
 
 @_task(name="validate_serving")
-def validate_serving(registry: Registry, config: PipelineConfig, model_version: str, candidate: modeling.Candidate,
-                     dataset: Dataset, indices: SplitIndices) -> GateReport:
+def validate_serving(
+    registry: Registry,
+    config: PipelineConfig,
+    model_version: str,
+    candidate: modeling.Candidate,
+    dataset: Dataset,
+    indices: SplitIndices,
+) -> GateReport:
     """Load the registered version in the serving app and compare its answers with offline ones."""
     with registry.package(config.name, model_version) as package:
         return modeling.check_serving(package, candidate.predictor, dataset, indices.test, config.name, model_version)
@@ -147,8 +171,9 @@ def validate_serving(registry: Registry, config: PipelineConfig, model_version: 
 def promote(registry: Registry, config: PipelineConfig, model_version: str, decision: PromotionDecision) -> str | None:
     """Record the verdict; move `champion` when the decision says so. Returns the champion."""
     verdict = names.VERDICT_PROMOTED if decision.promote else names.VERDICT_REJECTED
-    registry.set_version_tags(config.name, model_version, {
-        names.TAG_VERDICT: verdict, names.TAG_REASONS: " | ".join(decision.reasons)[:5000]})
+    registry.set_version_tags(
+        config.name, model_version, {names.TAG_VERDICT: verdict, names.TAG_REASONS: " | ".join(decision.reasons)[:5000]}
+    )
     if decision.promote:
         registry.promote(config.name, model_version)
         return model_version
@@ -175,8 +200,11 @@ def _gate(registry: Registry, run_id: str, summary: RunSummary, report: GateRepo
     summary.add_gate(report)
     registry.log_dict(run_id, report.to_dict(), f"gates/{report.gate}.json")
     registry.log_metrics(run_id, {f"{report.gate}.{k}": v for k, v in report.figures.items()})
-    create_markdown_artifact(key=f"{config_key(summary.pipeline)}-{report.gate.replace('_', '-')}",
-                             markdown=report.to_markdown(), description=f"{report.gate} gate")
+    create_markdown_artifact(
+        key=f"{config_key(summary.pipeline)}-{report.gate.replace('_', '-')}",
+        markdown=report.to_markdown(),
+        description=f"{report.gate} gate",
+    )
     return report
 
 
@@ -204,9 +232,17 @@ def retrain(config: PipelineConfig, home: str | None = None) -> RunSummary:
     summary = RunSummary(pipeline=config.name)
     code, commit = code_hash(), git_commit(settings.home)
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
-    run_id = registry.start_run(config.name, f"retrain-{flow_run_id[:8]}", {
-        names.TAG_PIPELINE: config.name, names.TAG_FLOW_RUN_ID: flow_run_id,
-        names.TAG_CODE_HASH: code, names.TAG_GIT_COMMIT: commit, names.TAG_CONFIG_HASH: config.config_hash()})
+    run_id = registry.start_run(
+        config.name,
+        f"retrain-{flow_run_id[:8]}",
+        {
+            names.TAG_PIPELINE: config.name,
+            names.TAG_FLOW_RUN_ID: flow_run_id,
+            names.TAG_CODE_HASH: code,
+            names.TAG_GIT_COMMIT: commit,
+            names.TAG_CONFIG_HASH: config.config_hash(),
+        },
+    )
     summary.mlflow_run_id = run_id
     registry.log_params(run_id, config.model_dump(mode="json"))
     try:
@@ -221,8 +257,9 @@ def retrain(config: PipelineConfig, home: str | None = None) -> RunSummary:
     registry.set_run_tags(run_id, {"deepgate.outcome": summary.outcome})
     registry.log_dict(run_id, summary.to_dict(), "summary.json")
     registry.end_run(run_id, "FINISHED")
-    create_markdown_artifact(key=f"{config_key(config.name)}-summary", markdown=summary.to_markdown(),
-                             description="deepgate retrain summary")
+    create_markdown_artifact(
+        key=f"{config_key(config.name)}-summary", markdown=summary.to_markdown(), description="deepgate retrain summary"
+    )
     return summary
 
 
@@ -232,16 +269,28 @@ def _stop(registry: Registry, run_id: str, summary: RunSummary, report: GateRepo
     raise GateStopped(report, summary)
 
 
-def _retrain(config: PipelineConfig, settings: Settings, registry: Registry, summary: RunSummary,
-             run_id: str, code: str, commit: str, flow_run_id: str) -> None:
+def _retrain(
+    config: PipelineConfig,
+    settings: Settings,
+    registry: Registry,
+    summary: RunSummary,
+    run_id: str,
+    code: str,
+    commit: str,
+    flow_run_id: str,
+) -> None:
     champion = registry.alias_version(config.name, names.CHAMPION)
     summary.champion = None if champion is None else champion.version
     with _stage(summary, "ingest"):
         try:
             dataset, path = ingest(config, settings)
         except DataLoadError as error:
-            _stop(registry, run_id, summary, _gate(registry, run_id, summary, GateReport(
-                "ingest", [Check("readable", False, str(error))])))
+            _stop(
+                registry,
+                run_id,
+                summary,
+                _gate(registry, run_id, summary, GateReport("ingest", [Check("readable", False, str(error))])),
+            )
     summary.rows = len(dataset)
     with _stage(summary, "version"):
         data = version(settings, path)
@@ -265,14 +314,21 @@ def _retrain(config: PipelineConfig, settings: Settings, registry: Registry, sum
         # Same data, code and config as an existing version: its verdict stands; training
         # again would only reproduce the same weights (training is deterministic).
         summary.outcome, summary.version = "up_to_date", done.version
-        summary.reasons = [f"v{done.version} was trained on this data, code and config "
-                           f"(verdict: {done.tags.get(names.TAG_VERDICT, 'unknown')}); nothing to retrain"]
+        summary.reasons = [
+            f"v{done.version} was trained on this data, code and config "
+            f"(verdict: {done.tags.get(names.TAG_VERDICT, 'unknown')}); nothing to retrain"
+        ]
         return
 
     with _stage(summary, "split"):
         indices = split(dataset, config)
-    lineage = {"pipeline": config.name, "data_version": data.md5, "config_hash": config.config_hash(),
-               "code_hash": code, "git_commit": commit}
+    lineage = {
+        "pipeline": config.name,
+        "data_version": data.md5,
+        "config_hash": config.config_hash(),
+        "code_hash": code,
+        "git_commit": commit,
+    }
     with _stage(summary, "train"):
         candidate = train(dataset, indices, config, lineage)
     for row in candidate.result.history:
@@ -281,7 +337,8 @@ def _retrain(config: PipelineConfig, settings: Settings, registry: Registry, sum
 
     with _stage(summary, "evaluate"):
         report_eval, champion_eval, champion_error = evaluate(
-            candidate, dataset, indices, registry, config, summary.champion)
+            candidate, dataset, indices, registry, config, summary.champion
+        )
         registry.log_metrics(run_id, {f"test.{k}": v for k, v in report_eval.metrics().items()})
         registry.log_dict(run_id, report_eval.to_dict(), "evaluation/report.json")
         registry.log_figure(run_id, plot_confusion_matrix(report_eval), "plots/confusion_matrix.png")
@@ -296,22 +353,33 @@ def _retrain(config: PipelineConfig, settings: Settings, registry: Registry, sum
         bias = _gate(registry, run_id, summary, audit(candidate, dataset, indices, config))
 
     tags = {
-        names.TAG_PIPELINE: config.name, names.TAG_GIT_COMMIT: commit, names.TAG_CODE_HASH: code,
-        names.TAG_DATA_VERSION: data.md5, names.TAG_CONFIG_HASH: config.config_hash(),
-        names.TAG_FINGERPRINT: identity, names.TAG_SEED: str(config.train.seed),
-        names.TAG_FLOW_RUN_ID: flow_run_id, names.TAG_VERDICT: names.VERDICT_PENDING,
+        names.TAG_PIPELINE: config.name,
+        names.TAG_GIT_COMMIT: commit,
+        names.TAG_CODE_HASH: code,
+        names.TAG_DATA_VERSION: data.md5,
+        names.TAG_CONFIG_HASH: config.config_hash(),
+        names.TAG_FINGERPRINT: identity,
+        names.TAG_SEED: str(config.train.seed),
+        names.TAG_FLOW_RUN_ID: flow_run_id,
+        names.TAG_VERDICT: names.VERDICT_PENDING,
         **{f"{names.TAG_GATE_PREFIX}{g.gate}": g.status for g in summary.gates},
     }
     with _stage(summary, "register"):
         summary.version = register(registry, run_id, candidate, config, tags)
     with _stage(summary, "validate_serving"):
-        serving = _gate(registry, run_id, summary, validate_serving(
-            registry, config, summary.version, candidate, dataset, indices))
+        serving = _gate(
+            registry, run_id, summary, validate_serving(registry, config, summary.version, candidate, dataset, indices)
+        )
         registry.set_version_tags(config.name, summary.version, {f"{names.TAG_GATE_PREFIX}serving": serving.status})
 
     with _stage(summary, "promote"):
-        decision = decide_promotion(report_eval, champion_eval, [eval_gate, bias, serving],
-                                    config.gates.evaluation, champion_version=summary.champion)
+        decision = decide_promotion(
+            report_eval,
+            champion_eval,
+            [eval_gate, bias, serving],
+            config.gates.evaluation,
+            champion_version=summary.champion,
+        )
         registry.log_dict(run_id, decision.to_dict(), "promotion/decision.json")
         summary.champion = promote(registry, config, summary.version, decision)
     summary.outcome = "promoted" if decision.promote else "rejected"

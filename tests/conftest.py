@@ -16,8 +16,14 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DEEPGATE_HOME", "DEEPGATE_DVC_REMOTE",
-                 "DEEPGATE_ARTIFACT_ROOT", "PREFECT_API_URL"):
+for variable in (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "DEEPGATE_HOME",
+    "DEEPGATE_DVC_REMOTE",
+    "DEEPGATE_ARTIFACT_ROOT",
+    "PREFECT_API_URL",
+):
     os.environ.pop(variable, None)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -81,18 +81,14 @@ def test_equalized_odds_checked_when_configured() -> None:
 
 
 def test_equal_rates_pass() -> None:
-    report = audit_bias(
-        *EQUAL, BiasGate(min_demographic_parity_ratio=0.8, max_equalized_odds_difference=0.1)
-    )
+    report = audit_bias(*EQUAL, BiasGate(min_demographic_parity_ratio=0.8, max_equalized_odds_difference=0.1))
     assert report.status == "pass"
     assert report.figures == pytest.approx({"dp_ratio_colour": 1.0, "eo_diff_colour": 0.0})
 
 
 def test_tiny_group_is_reported_not_judged() -> None:
     # C has 5 rows and never gets selected: judged, it would drive the ratio to 0.
-    y_true, y_pred, frame = _data(
-        ("A", _group(10, 10, 9, 7)), ("B", _group(10, 10, 9, 7)), ("C", _group(3, 2, 0, 0))
-    )
+    y_true, y_pred, frame = _data(("A", _group(10, 10, 9, 7)), ("B", _group(10, 10, 9, 7)), ("C", _group(3, 2, 0, 0)))
     report = audit_bias(y_true, y_pred, frame, BiasGate(min_demographic_parity_ratio=0.8))
     assert report.passed
     assert "too small to judge" in report.checks[0].detail
@@ -127,9 +123,7 @@ def test_multiclass_is_not_applicable() -> None:
     frame = pd.DataFrame({"colour": ["A", "B", "A"]})
     report = audit_bias(np.array([0, 1, 2]), np.array([0, 2, 1]), frame, BiasGate())
     assert report.status == "not_applicable"
-    assert [(c.name, c.detail) for c in report.checks] == [
-        ("multiclass", "bias audit covers binary classifiers only")
-    ]
+    assert [(c.name, c.detail) for c in report.checks] == [("multiclass", "bias audit covers binary classifiers only")]
 
 
 def test_positive_class_can_be_zero() -> None:

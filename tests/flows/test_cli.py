@@ -1,0 +1,189 @@
+"""`deepgate` as a user runs it: exit codes, what it prints, and a service that follows @champion.
+
+Commands run in-process through Typer's CliRunner, in a fresh workspace, on the session's one
+Prefect server. The pipeline is a tiny CSV one (700 arrests rows, 2 epochs).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from rich.console import Console
+from sklego.datasets import load_arrests
+from typer.testing import CliRunner
+
+from components import names
+from components.predictor import Predictor
+from components.registry import Registry
+from components.serving import create_app
+from components.settings import load_settings
+from flows import cli
+from flows.cli import app, champion_loader
+
+pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
+
+COMMANDS = ["run", "status", "serve", "ui", "schedule"]
+
+
+@pytest.fixture(scope="module")
+def arrests() -> pd.DataFrame:
+    return load_arrests(as_frame=True).iloc[:700].reset_index(drop=True)
+
+
+@pytest.fixture
+def deepgate(monkeypatch: pytest.MonkeyPatch):
+    """Invoke the CLI in-process; returns (exit code, everything it printed)."""
+    # The CLI fills these with os.environ.setdefault: set them here so that they are undone.
+    for variable, value in {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+                            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
+        monkeypatch.setenv(variable, value)
+    # A wide console, so that the tables' cells are never folded or cut short.
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    monkeypatch.setattr(cli, "err", Console(width=250, stderr=True))
+    runner = CliRunner()
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, list(args))
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result.exit_code, result.output
+
+    return invoke
+
+
+def write_pipeline(workspace: Path, frame: pd.DataFrame, **changes: object) -> Path:
+    """The user's files: `incoming.csv` and `good.yaml` (the pipeline of test_retrain's csv_pipeline)."""
+    frame.to_csv(workspace / "incoming.csv", index=False)
+    raw = {
+        "name": "toronto",
+        "data": {"source": "csv:incoming.csv", "target": "released", "sensitive": ["colour", "sex"],
+                 "positive_label": "Yes"},
+        "train": {"arch": "mlp", "hidden": [16], "max_epochs": 2, "batch_size": 64, "lr": 0.01, "seed": 0},
+        "gates": {
+            "validation": {"min_rows": 100},
+            "labels": {"min_per_class": 10, "max_conflict_fraction": 0.5},
+            "evaluation": {"min_accuracy": 0.6, "min_macro_f1": 0.3, "max_regression": 0.05},
+            "bias": {"min_demographic_parity_ratio": 0.5, "min_group_size": 5},
+        },
+    }
+    for dotted, value in changes.items():
+        section, key = dotted.split(".", 1)
+        *parents, leaf = key.split(".")
+        node = raw[section]
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    path = workspace / "good.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def status_of(deepgate, pipeline: str) -> list[dict]:
+    code, output = deepgate("status", pipeline, "--json")
+    assert code == 0, output
+    return json.loads(output)[pipeline]
+
+
+def test_run_promotes_then_a_corrupted_file_stops_at_validation(workspace: Path, arrests: pd.DataFrame,
+                                                                 deepgate) -> None:
+    write_pipeline(workspace, arrests)
+    code, output = deepgate("run", "--config", "good.yaml")
+
+    assert code == 0, output
+    assert "retraining summary" in output
+    [row] = [line for line in output.splitlines() if "toronto" in line and "promoted" in line]
+    assert "v1" in row
+    [version] = status_of(deepgate, "toronto")
+    assert version["version"] == "1"
+    assert sorted(version["aliases"]) == [names.CHALLENGER, names.CHAMPION]
+    assert version["verdict"] == names.VERDICT_PROMOTED
+    assert version["accuracy"] >= 0.6
+    assert set(version["gates"].values()) == {"pass"}
+
+    # The same pipeline on a file whose `age` column is gone: stopped before training.
+    arrests.drop(columns=["age"]).to_csv(workspace / "incoming.csv", index=False)
+    code, output = deepgate("run", "--config", "good.yaml")
+
+    assert code == 2, output
+    assert "stopped at gate 'validation'" in output
+    assert "age" in output
+    assert "nothing was trained or registered, champion unchanged" in output
+    [version] = status_of(deepgate, "toronto")
+    assert (version["version"], version["verdict"]) == ("1", names.VERDICT_PROMOTED)
+    assert names.CHAMPION in version["aliases"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--config", "good.yaml", "--set", "train.dropout=1.5"], "train.dropout"),
+        (["run", "nosuch"], "nosuch"),
+        (["run", "arrests", "--set", "train.max_epoch=3"], "train.max_epoch"),
+        (["run", "--config", "missing.yaml"], "missing.yaml"),
+        (["run", "arrests", "--config", "good.yaml"], "not both"),
+    ],
+    ids=["out-of-range", "unknown-pipeline", "typo-in-override", "no-such-file", "name-and-config"],
+)
+def test_a_bad_config_exits_1_naming_the_problem(workspace: Path, arrests: pd.DataFrame, deepgate,
+                                                 args: list[str], expected: str) -> None:
+    write_pipeline(workspace, arrests)
+    code, output = deepgate(*args)
+    assert code == 1, output
+    assert "error:" in output
+    assert expected in output
+    assert not (workspace / "mlflow").exists()  # refused before anything ran
+
+
+def test_an_invalid_value_in_the_file_names_the_field(workspace: Path, arrests: pd.DataFrame, deepgate) -> None:
+    write_pipeline(workspace, arrests, **{"train.dropout": 1.5})
+    code, output = deepgate("run", "--config", "good.yaml")
+    assert code == 1, output
+    assert "train.dropout: Input should be less than 1" in output
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_of_every_command(deepgate, command: str | None) -> None:
+    code, output = deepgate(*([command] if command else []), "--help")
+    assert code == 0, output
+    assert "Usage:" in output
+    if command is None:
+        assert all(c in output for c in COMMANDS)
+
+
+def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: pd.DataFrame, deepgate) -> None:
+    write_pipeline(workspace, arrests)
+    code, output = deepgate("run", "--config", "good.yaml")
+    assert code == 0, output
+
+    registry = Registry(load_settings(workspace))
+    service = create_app(champion_loader(registry, "toronto", tmp_path / "cache"), pipeline="toronto",
+                         poll_seconds=3600)
+    rows = arrests.drop(columns=["released"]).iloc[:5].to_dict(orient="records")
+    with TestClient(service) as client:
+        meta = client.get("/metadata").json()
+        assert (meta["version"], meta["alias"], meta["pipeline"]) == ("1", names.CHAMPION, "toronto")
+        first = client.post("/predict", json={"rows": rows}).json()
+        assert first["version"] == "1"
+
+        # A second version that cannot be rejected for regressing against v1.
+        code, output = deepgate("run", "--config", "good.yaml", "--set", "train.seed=1",
+                                "--set", "gates.evaluation.max_regression=1.0")
+        assert code == 0, output
+        assert registry.alias_version("toronto", names.CHAMPION).version == "2", output
+
+        assert client.get("/metadata").json()["version"] == "1"  # nothing moves until a poll
+        assert service.state.refresh() is True
+        assert client.get("/metadata").json()["version"] == "2"
+        second = client.post("/predict", json={"rows": rows}).json()
+
+    assert second["version"] == "2"
+    with registry.package("toronto", "2") as package:
+        expected = Predictor.load(package).predict_records(rows)
+    np.testing.assert_allclose(second["probabilities"], expected, rtol=0, atol=1e-6)
+    assert not np.allclose(first["probabilities"], second["probabilities"])  # another model answers
