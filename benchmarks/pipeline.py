@@ -5,9 +5,10 @@ Run (from the project root; `make bench` does the same)::
     python benchmarks/pipeline.py                       # every bundled pipeline, full configs
     python benchmarks/pipeline.py mnist --set train.max_epochs=2 --json bench.json
 
-All in one process, in a fresh workspace (a temporary folder with a copy of params.yaml, its
-own MLflow store, DVC remote and Prefect home; never the user's). It first times the one-off
-costs (Prefect's temporary server start-up, MLflow store creation), then prints for each pipeline:
+All in one process, in a fresh workspace: a temporary folder with a copy of params.yaml, its
+own MLflow store, DVC remote and Prefect home, never the user's (like `deepgate run`, it uses a
+local Prefect server on port 4200 if one runs). It first times the one-off costs (Prefect's
+temporary server start-up, MLflow store creation), then prints for each pipeline:
 
 1. the seconds of each stage (the flow's own timings), the flow's wall time measured around
    `retrain(...)`, the fitting (`train`) and `evaluate` stages, and the share of the run spent
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("pipeline", "outcome", "accuracy", "macro-F1", "wall s", "train s", "evaluate s")
@@ -48,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("pipelines", nargs="*", help="bundled pipelines (default: all in params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every pipeline")
     parser.add_argument("--keep", type=Path, help="use (and keep) this workspace instead of a temporary one")
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--json", type=lambda p: Path(p).resolve(), help="also write the figures to this JSON file")
     return parser.parse_args()
 
 
@@ -60,6 +61,7 @@ def prepare_workspace(keep: Path | None) -> Path:
         shutil.copy(ROOT / "params.yaml", home / "params.yaml")
     for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DEEPGATE_ARTIFACT_ROOT", "DEEPGATE_DVC_REMOTE"):
         os.environ.pop(variable, None)
+    os.environ["PREFECT_HOME"] = str(home / ".prefect")
     os.environ["DEEPGATE_HOME"] = str(home)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the tables, not per-epoch logs
     os.chdir(home)
@@ -67,11 +69,10 @@ def prepare_workspace(keep: Path | None) -> Path:
 
 
 def warm_up(settings: Any) -> dict[str, float]:
-    """Time the one-off costs, so that the pipeline figures hold only per-run costs.
+    """Time the one-off costs, so that the pipeline figures hold per-run costs only.
 
-    Three empty flow runs: the first also starts Prefect's temporary server (and sets up its
-    client); the later ones cost only Prefect's per-run overhead. Then the workspace's MLflow
-    store is created (import, sqlite schema migrations), which a real store pays once.
+    The first of three empty flow runs also starts Prefect's temporary server; the later two
+    cost only Prefect's per-run overhead. Creating the MLflow store (sqlite migrations) is paid once.
     """
     from prefect import flow
 
@@ -127,7 +128,7 @@ def machine() -> dict[str, Any]:
     import torch
 
     return {
-        "platform": platform.platform(),
+        "platform": f"{platform.system()} {platform.machine()}",
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -142,10 +143,7 @@ def _f(value: float | None, digits: int = 1) -> str:
 
 def print_tables(results: dict[str, list[dict[str, Any]]], one_off: dict[str, float], host: dict[str, Any]) -> None:
     """Stage seconds per run, then one line per pipeline."""
-    stages = Table(title="seconds per stage (run 1 / run 2)")
-    stages.add_column("stage")
-    for name in results:
-        stages.add_column(name, justify="right")
+    stages = Table("stage", *(Column(n, justify="right") for n in results), title="seconds per stage (run 1 / run 2)")
     stage_names = dict.fromkeys(k for runs in results.values() for r in runs for k in r["timings"])
     for key in [*stage_names, *TOTALS]:
         cells = [" / ".join(_f(r["timings"].get(key, r.get(key)), 2) for r in runs) for runs in results.values()]
@@ -163,7 +161,7 @@ def print_tables(results: dict[str, list[dict[str, Any]]], one_off: dict[str, fl
     console.print(
         f"one-off costs, not in the figures above: Prefect ({host['prefect_api']}) first empty flow "
         f"{one_off['first_empty_flow_s']:.1f}s vs {one_off['empty_flow_s']:.2f}s for later ones -> start-up "
-        f"~{one_off['prefect_startup_s']:.1f}s; MLflow store creation {one_off['mlflow_store_s']:.1f}s. "
+        f"~{one_off['prefect_startup_s']:.1f}s; MLflow import and store creation {one_off['mlflow_store_s']:.1f}s. "
         "Run 1 of the first pipeline still pays first imports (GX, Lightning).\n"
         f"machine: {host['cpu_count']} cores, torch {host['torch']} with {host['torch_threads']} threads, "
         f"load average {host['load_average']} (at the end), {host['platform']}",
@@ -174,7 +172,6 @@ def print_tables(results: dict[str, list[dict[str, Any]]], one_off: dict[str, fl
 def main() -> None:
     """Run every chosen pipeline twice in one workspace and print where the time went."""
     args = parse_args()
-    output = args.json.resolve() if args.json else None  # before the chdir into the workspace
     home = prepare_workspace(args.keep)
     from components.config import bundled_pipelines, load_pipeline
     from components.settings import load_settings
@@ -189,9 +186,9 @@ def main() -> None:
     results = {name: [run_once(config, home) for _ in (1, 2)] for name, config in configs.items()}
     host = machine()
     print_tables(results, one_off, host)
-    if output:
+    if args.json:
         figures = {"machine": host, "one_off": one_off, "overrides": args.overrides, "pipelines": results}
-        output.write_text(json.dumps(figures, indent=2))
+        args.json.write_text(json.dumps(figures, indent=2))
     if not args.keep:
         shutil.rmtree(home, ignore_errors=True)
 

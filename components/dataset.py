@@ -185,3 +185,13 @@ def feature_columns(data: DataConfig, table: pd.DataFrame) -> list[str]:
     if data.time is not None and pd.api.types.is_numeric_dtype(table[data.time]):
         excluded.discard(data.time)
     return [c for c in table.columns if c not in excluded]
+
+
+def ingest(data: DataConfig, pipeline: str, data_dir: Path, base_dir: Path = Path(".")) -> tuple[Dataset, Path]:
+    """Load a pipeline's source and write its canonical file (the `ingest` step and DVC stage).
+
+    Returns:
+        The dataset and the path of its canonical file.
+    """
+    dataset = load_source(data, base_dir)
+    return dataset, write_canonical(dataset, canonical_path(data_dir, pipeline, dataset.modality))

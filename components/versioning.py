@@ -56,8 +56,22 @@ def open_repo(root: Path, remote_url: str):  # -> dvc.repo.Repo (typed loosely: 
     return repo
 
 
+def _stage_producing(repo, relative: str):  # -> dvc Stage | None
+    """The dvc.yaml stage whose output is `relative`, if there is one."""
+    for stage in repo.index.stages:
+        if stage.is_data_source:  # a .dvc file from `dvc add`, not a dvc.yaml stage
+            continue
+        if any(str(out.def_path) == relative for out in stage.outs):
+            return stage
+    return None
+
+
 def version_dataset(root: Path, path: Path, remote_url: str) -> DataVersion:
-    """`dvc add` the file and `dvc push` it; return its version.
+    """Record the file in DVC and push it to the remote; return its version.
+
+    A file that a `dvc.yaml` stage produces (the bundled pipelines' `ingest` stages) is
+    recorded with `dvc commit` of that stage, so `dvc.lock` holds its hash; any other file
+    (a user's pipeline) with `dvc add`.
 
     Args:
         root: The DVC repository root (the project workspace).
@@ -68,10 +82,17 @@ def version_dataset(root: Path, path: Path, remote_url: str) -> DataVersion:
     absolute = path.resolve()
     relative = str(absolute.relative_to(root.resolve()))
     try:
-        # Absolute targets: DVC resolves relative ones against the process's cwd, not `root`.
-        stage = repo.add(str(absolute))[0]
-        out = stage.outs[0]
-        pushed = repo.push(targets=[str(absolute)])
+        stage = _stage_producing(repo, relative)
+        if stage is not None:
+            repo.commit(stage.addressing, force=True)
+            stage = repo.stage.collect(stage.addressing)[0]
+            target = stage.addressing
+        else:
+            # Absolute targets: DVC resolves relative ones against the process's cwd, not `root`.
+            stage = repo.add(str(absolute))[0]
+            target = str(absolute)
+        out = next(o for o in stage.outs if str(o.def_path) == relative or o.fs_path == str(absolute))
+        pushed = repo.push(targets=[target])
     finally:
         repo.close()
     logger.info("dataset %s at md5 %s (%d file(s) pushed)", relative, out.hash_info.value, pushed)

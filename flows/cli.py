@@ -7,6 +7,7 @@ up to date); 2 a data or label gate stopped the run before training; 1 an error.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -29,8 +30,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err = Console(stderr=True)
+# Piped or logged output (CI, `make run | tee`) is not a terminal: rich would assume 80 columns
+# and squeeze the summary tables, so give such output a wider page.
+console = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 EXIT_OK, EXIT_ERROR, EXIT_GATE = 0, 1, 2
 _LOCAL_PREFECT = "http://127.0.0.1:4200/api"
@@ -45,6 +48,9 @@ def _prepare_environment(settings: Settings) -> None:
     # Prefect's temporary server migrates a new database on its first start; on a busy
     # 2-core machine that can outlast Prefect's 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Libraries' info chatter ("created temporary directory ...") drowns the progress lines.
+    for noisy in ("great_expectations", "mlflow.store.db.utils", "dvc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if "PREFECT_API_URL" not in os.environ and _answers(f"{_LOCAL_PREFECT}/health"):
         # A local Prefect server is running: use it (runs show in its UI, and no temporary
         # server has to start, which costs several seconds).
@@ -163,6 +169,22 @@ def _print_summaries(summaries: list[Any]) -> None:
                 "registered, champion unchanged.[/red]",
                 highlight=False,
             )
+
+
+@app.command()
+def ingest(pipeline: Annotated[str, typer.Argument(help="A bundled pipeline (see params.yaml).")]) -> None:
+    """Write the pipeline's canonical dataset under data/ (the `ingest` stage of dvc.yaml)."""
+    from components.dataset import DataLoadError
+    from components.dataset import ingest as dataset_ingest
+
+    settings = load_settings()
+    try:
+        config = load_pipeline(pipeline, params_path=settings.params_path)
+        dataset, path = dataset_ingest(config.data, config.name, settings.data_dir)
+    except (ConfigError, DataLoadError) as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    console.print(f"{pipeline}: {len(dataset)} rows -> {path.relative_to(settings.home)}", highlight=False)
 
 
 @app.command()
@@ -314,26 +336,22 @@ def schedule(
     _prepare_environment(settings)
     from prefect import serve as prefect_serve
 
-    from flows.retrain import retrain
+    from flows.retrain import deployments
 
-    chosen = list(pipelines or sorted(bundled_pipelines(settings.params_path)))
-    deployments = []
-    for name in chosen:
-        cfg = load_pipeline(name, params_path=settings.params_path)
-        deployments.append(
-            retrain.to_deployment(
-                name=f"{name}-nightly",
-                cron=cron,
-                parameters={"config": cfg.model_dump(mode="json"), "home": str(settings.home)},
-                tags=["deepgate", name],
-            )
-        )
+    try:
+        chosen = [
+            load_pipeline(name, params_path=settings.params_path)
+            for name in (pipelines or sorted(bundled_pipelines(settings.params_path)))
+        ]
+    except ConfigError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    planned = deployments(chosen, cron=cron, home=str(settings.home))
     console.print(
-        f"serving {len(deployments)} deployment(s) on cron '{cron}': "
-        + ", ".join(f"retrain/{d.name}" for d in deployments),
+        f"serving {len(planned)} deployment(s) on cron '{cron}': " + ", ".join(f"retrain/{d.name}" for d in planned),
         highlight=False,
     )
-    prefect_serve(*deployments)
+    prefect_serve(*planned)
 
 
 def main() -> None:

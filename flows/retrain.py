@@ -25,7 +25,8 @@ from prefect.context import get_run_context
 from components import modeling, names
 from components.bias import audit_bias
 from components.config import PipelineConfig
-from components.dataset import DataLoadError, Dataset, canonical_path, load_source, write_canonical
+from components.dataset import DataLoadError, Dataset
+from components.dataset import ingest as dataset_ingest
 from components.evaluation import EvalReport, plot_confusion_matrix, plot_learning_curves
 from components.gates import Check, GateReport
 from components.labels import check_labels
@@ -59,9 +60,7 @@ _task = task(cache_policy=NO_CACHE, persist_result=False)
 @_task(name="ingest")
 def ingest(config: PipelineConfig, settings: Settings) -> tuple[Dataset, Path]:
     """Load the source and write its canonical file under data/."""
-    dataset = load_source(config.data)
-    path = canonical_path(settings.data_dir, config.name, dataset.modality)
-    return dataset, write_canonical(dataset, path)
+    return dataset_ingest(config.data, config.name, settings.data_dir)
 
 
 @_task(name="version")
@@ -384,3 +383,17 @@ def _retrain(
         summary.champion = promote(registry, config, summary.version, decision)
     summary.outcome = "promoted" if decision.promote else "rejected"
     summary.reasons = decision.reasons
+
+
+def deployments(configs: list[PipelineConfig], *, cron: str, home: str) -> list:
+    """One scheduled `retrain` deployment per pipeline (`<pipeline>-nightly`)."""
+    return [
+        retrain.to_deployment(
+            name=f"{config.name}-nightly",
+            cron=cron,
+            parameters={"config": config.model_dump(mode="json"), "home": home},
+            tags=["deepgate", config.name],
+            description=f"Scheduled retraining of {config.name} through every gate.",
+        )
+        for config in configs
+    ]

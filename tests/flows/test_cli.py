@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dvc  # noqa: F401  (see below)
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +28,12 @@ from flows import cli
 from flows.cli import app, champion_loader
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
+
+# `import dvc` binds DVC's log handlers to the sys.stdout of that moment, and they raise on a
+# closed stream. Imported here, they get pytest's stream; first imported inside a CliRunner
+# call, they would keep that call's stream, closed once it returns, and the next workspace's
+# "Initialized DVC repository" line would crash the flow. (One command per process, as in
+# real use, never meets this.)
 
 COMMANDS = ["run", "status", "serve", "ui", "schedule"]
 
