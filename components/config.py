@@ -119,6 +119,9 @@ class TrainConfig(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
+    class_weight: Literal["none", "balanced"] = Field(
+        "none", description="`balanced`: weight the loss by inverse class frequency (imbalanced labels)."
+    )
     batch_size: int = Field(64, gt=0)
     max_epochs: int = Field(20, gt=0)
     min_epochs: int = Field(1, ge=0)

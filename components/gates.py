@@ -70,7 +70,9 @@ class GateReport:
             return "not applicable"
         failed = self.failures()
         if not failed:
-            return f"pass ({len(self.checks)} checks)"
+            # The key figures (the first three the gate reported) say how comfortably it passed.
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in list(self.figures.items())[:3])
+            return f"pass ({len(self.checks)} checks)" + (f": {shown}" if shown else "")
         more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
         return f"FAIL: {failed[0].detail}{more}"
 

@@ -72,6 +72,33 @@ def _regression_check(metric: str, label: str, challenger: float, champion: floa
     return replace(check, detail=detail)
 
 
+def majority_baseline_macro_f1(report: EvalReport) -> float:
+    """Macro-F1 of always answering the test set's most frequent class.
+
+    That predictor scores F1 = 2p / (1 + p) on the majority class (p its share) and 0 on every
+    other class present, so its macro-F1 is that value over the number of classes present.
+    """
+    support = [sum(row) for row in report.confusion]
+    present = [n for n in support if n > 0]
+    if not present:
+        return 0.0
+    share = max(present) / sum(present)
+    return (2 * share / (1 + share)) / len(present)
+
+
+def _majority_baseline_check(challenger: EvalReport) -> Check:
+    # On imbalanced labels a network can settle on the majority class and still clear an
+    # accuracy floor (arrests: 83% "Yes"); such a model has learnt nothing worth promoting.
+    baseline = majority_baseline_macro_f1(challenger)
+    passed = challenger.macro_f1 > baseline + 1e-9
+    verdict = "beats" if passed else "does not beat"
+    detail = (
+        f"macro-F1 {challenger.macro_f1:.4f} {verdict} always predicting the majority class "
+        f"(macro-F1 {baseline:.4f})"
+    )
+    return Check("beats_majority_baseline", passed, detail, challenger.macro_f1, baseline)
+
+
 def evaluation_gate_report(challenger: EvalReport, champion: EvalReport | None, gate: EvaluationGate) -> GateReport:
     """The evaluation gate: absolute floors, then no regression against the champion.
 
@@ -87,6 +114,7 @@ def evaluation_gate_report(challenger: EvalReport, champion: EvalReport | None, 
         threshold_check("min_accuracy", challenger.accuracy, gate.min_accuracy, at_least=True, what="accuracy"),
         threshold_check("min_macro_f1", challenger.macro_f1, gate.min_macro_f1, at_least=True, what="macro-F1"),
     ]
+    checks.append(_majority_baseline_check(challenger))
     figures = {"accuracy": challenger.accuracy, "macro_f1": challenger.macro_f1}
     if champion is None:
         checks.append(Check("no_champion", True, "no champion yet: absolute floors only"))

@@ -20,13 +20,17 @@ import mlflow
 class DeepgatePyfunc(PythonModel):
     """Class probabilities for rows (DataFrame) or images (array), one column per class."""
 
+    # Inputs are validated by the package's own preprocessing; MLflow's type-hint schema
+    # inference cannot describe them and only warns.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         """Load the package (safetensors weights + spec.json) named `package`."""
         from components.predictor import Predictor
 
         self.predictor = Predictor.load(Path(context.artifacts["package"]))
 
-    # No type hints on predict: MLflow would read them as an input schema it cannot express.
+    # No type hints here: MLflow would try (and fail) to infer an input schema from them.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         """Probabilities per class; images may come as an array or a column of nested lists."""
         if self.predictor.modality == "image" and isinstance(model_input, pd.DataFrame):

@@ -10,7 +10,6 @@ import json
 import logging
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,9 +139,7 @@ class Registry:
         """
         import mlflow
 
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            # MLflow nags about type hints on predict; the wrapper deliberately has none.
-            warnings.simplefilter("ignore", UserWarning)
+        with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / "model"
             mlflow.pyfunc.save_model(
                 path=str(target),

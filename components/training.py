@@ -41,10 +41,17 @@ class ClassifierModule(pl.LightningModule):
         weight_decay: AdamW weight decay.
         schedule: Learning-rate schedule, stepped once per epoch.
         max_epochs: Training length, which sets the default cosine period.
+        class_weights: Per-class loss weights (None: every row counts the same).
     """
 
     def __init__(
-        self, net: nn.Module, lr: float, weight_decay: float, schedule: ScheduleConfig, max_epochs: int
+        self,
+        net: nn.Module,
+        lr: float,
+        weight_decay: float,
+        schedule: ScheduleConfig,
+        max_epochs: int,
+        class_weights: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -52,6 +59,9 @@ class ClassifierModule(pl.LightningModule):
         self.weight_decay = weight_decay
         self.schedule = schedule
         self.max_epochs = max_epochs
+        # A buffer moves to the training device with the module.
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.class_weights: torch.Tensor | None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits."""
@@ -60,7 +70,7 @@ class ClassifierModule(pl.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         inputs, labels = batch
         logits = self(inputs)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, weight=self.class_weights)
         # batch_size makes the epoch value a per-row mean even when the last batch is short.
         size = len(labels)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=size)
@@ -195,6 +205,29 @@ def _accelerator(choice: str) -> str:
     return choice
 
 
+def _n_outputs(net: nn.Module, inputs: np.ndarray) -> int:
+    """Logits per row, read off one forward pass (eval mode: BatchNorm cannot see 1 row)."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        width = int(net(torch.as_tensor(inputs[:1], dtype=torch.float32)).shape[-1])
+    net.train(was_training)
+    return width
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Weights n / (k * n_c) per class c, so that each class adds the same total to the loss.
+
+    Without them a network on imbalanced data (arrests: 83% released) settles on the
+    majority class; a class absent from training gets weight 0.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+    present = counts > 0
+    weights = np.zeros(len(counts), dtype=np.float32)
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return torch.from_numpy(weights)
+
+
 def train_model(
     net: nn.Module,
     train: tuple[np.ndarray, np.ndarray],
@@ -224,7 +257,8 @@ def train_model(
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     accelerator = _accelerator(cfg.accelerator)
-    module = ClassifierModule(net, cfg.lr, cfg.weight_decay, cfg.schedule, cfg.max_epochs)
+    weights = balanced_class_weights(train[1], _n_outputs(net, train[0])) if cfg.class_weight == "balanced" else None
+    module = ClassifierModule(net, cfg.lr, cfg.weight_decay, cfg.schedule, cfg.max_epochs, weights)
     recorder = _Recorder(on_epoch_end=on_epoch_end)
     with _quiet_lightning():
         trainer = pl.Trainer(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from components.config import EvaluationGate
 from components.evaluation import EvalReport
 from components.gates import Check, GateReport
-from components.promotion import decide_promotion, evaluation_gate_report
+from components.promotion import decide_promotion, evaluation_gate_report, majority_baseline_macro_f1
 
 GATE = EvaluationGate(min_accuracy=0.7, min_macro_f1=0.6, max_regression=0.01)
 
@@ -124,3 +125,26 @@ def test_decision_renders() -> None:
     markdown = decision.to_markdown()
     assert markdown.startswith("### Promotion: **REJECT** (champion: version 7)")
     assert "| min_accuracy | **FAIL** |" in markdown
+
+
+def test_majority_class_predictor_is_never_promoted() -> None:
+    # 80 "yes" and 20 "no" in the test set, everything predicted "yes":
+    # F1(yes) = 2*0.8/1.8 = 0.8889, F1(no) = 0, macro-F1 = 0.4444; accuracy 0.8 clears the floor.
+    always_yes = EvalReport(
+        n=100,
+        accuracy=0.8,
+        macro_f1=0.8 / 1.8,
+        roc_auc=None,
+        ece=0.1,
+        log_loss=0.5,
+        confusion=[[0, 20], [0, 80]],
+        classes=["no", "yes"],
+    )
+    assert majority_baseline_macro_f1(always_yes) == pytest.approx(0.8 / 1.8)
+    lax = EvaluationGate(min_accuracy=0.7, min_macro_f1=0.4, max_regression=0.01)
+    report = evaluation_gate_report(always_yes, None, lax)
+    [check] = [c for c in report.checks if c.name == "beats_majority_baseline"]
+    assert not check.passed and "majority class" in check.detail
+    assert not decide_promotion(always_yes, None, [], lax).promote
+    learnt = replace(always_yes, macro_f1=0.6)
+    assert evaluation_gate_report(learnt, None, lax).passed

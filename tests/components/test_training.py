@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from components.config import TrainConfig
 from components.models import build_model
 from components.schedules import lr_factor
-from components.training import predict_proba, train_model
+from components.training import balanced_class_weights, predict_proba, train_model
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -143,3 +143,25 @@ def test_predict_proba_rows_sum_to_one_whatever_the_batch_size() -> None:
     np.testing.assert_allclose(batched, whole, rtol=1e-6)
     # Eval mode: dropout is off, so two calls agree exactly.
     np.testing.assert_array_equal(predict_proba(model, x), whole)
+
+
+def test_balanced_class_weights_by_hand() -> None:
+    # counts [3, 1, 0] over 4 rows, 2 classes present: 4/(2*3), 4/(2*1), and 0 for the absent class.
+    weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights.tolist() == pytest.approx([4 / 6, 2.0, 0.0])
+
+
+def test_balanced_weights_make_an_imbalanced_mlp_predict_the_minority() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2)).astype(np.float32)
+    # 10% positives, only weakly separable: unweighted training settles on the majority class.
+    y = ((x[:, 0] + rng.normal(scale=1.5, size=400)) > 2.2).astype(np.int64)
+    cfg = TrainConfig(arch="mlp", max_epochs=15, lr=0.01, batch_size=64, patience=15, seed=0)
+    predicted = {}
+    for mode in ("none", "balanced"):
+        torch.manual_seed(0)
+        net = build_model("mlp", in_features=2, n_classes=2, hidden=[8], dropout=0.0)
+        result = train_model(net, (x, y), (x, y), cfg.model_copy(update={"class_weight": mode}))
+        predicted[mode] = int(predict_proba(result.model, x).argmax(axis=1).sum())
+    assert predicted["balanced"] > predicted["none"]
+    assert predicted["balanced"] >= int(y.sum()) // 2

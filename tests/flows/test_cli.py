@@ -46,10 +46,11 @@ def arrests() -> pd.DataFrame:
 @pytest.fixture
 def deepgate(monkeypatch: pytest.MonkeyPatch):
     """Invoke the CLI in-process; returns (exit code, everything it printed)."""
-    # The CLI fills these with os.environ.setdefault: set them here so that they are undone.
-    for variable, value in {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-                            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
-        monkeypatch.setenv(variable, value)
+    # The CLI fills this with os.environ.setdefault: set it here so that it is undone.
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Never the developer's own Prefect server on :4200: the CLI would send these test runs
+    # there and leave PREFECT_API_URL set for the rest of the session.
+    monkeypatch.setattr(cli, "_answers", lambda url: False)
     # A wide console, so that the tables' cells are never folded or cut short.
     monkeypatch.setattr(cli, "console", Console(width=250))
     monkeypatch.setattr(cli, "err", Console(width=250, stderr=True))
@@ -69,8 +70,12 @@ def write_pipeline(workspace: Path, frame: pd.DataFrame, **changes: object) -> P
     frame.to_csv(workspace / "incoming.csv", index=False)
     raw = {
         "name": "toronto",
-        "data": {"source": "csv:incoming.csv", "target": "released", "sensitive": ["colour", "sex"],
-                 "positive_label": "Yes"},
+        "data": {
+            "source": "csv:incoming.csv",
+            "target": "released",
+            "sensitive": ["colour", "sex"],
+            "positive_label": "Yes",
+        },
         "train": {"arch": "mlp", "hidden": [16], "max_epochs": 2, "batch_size": 64, "lr": 0.01, "seed": 0},
         "gates": {
             "validation": {"min_rows": 100},
@@ -97,8 +102,9 @@ def status_of(deepgate, pipeline: str) -> list[dict]:
     return json.loads(output)[pipeline]
 
 
-def test_run_promotes_then_a_corrupted_file_stops_at_validation(workspace: Path, arrests: pd.DataFrame,
-                                                                 deepgate) -> None:
+def test_run_promotes_then_a_corrupted_file_stops_at_validation(
+    workspace: Path, arrests: pd.DataFrame, deepgate
+) -> None:
     write_pipeline(workspace, arrests)
     code, output = deepgate("run", "--config", "good.yaml")
 
@@ -137,8 +143,9 @@ def test_run_promotes_then_a_corrupted_file_stops_at_validation(workspace: Path,
     ],
     ids=["out-of-range", "unknown-pipeline", "typo-in-override", "no-such-file", "name-and-config"],
 )
-def test_a_bad_config_exits_1_naming_the_problem(workspace: Path, arrests: pd.DataFrame, deepgate,
-                                                 args: list[str], expected: str) -> None:
+def test_a_bad_config_exits_1_naming_the_problem(
+    workspace: Path, arrests: pd.DataFrame, deepgate, args: list[str], expected: str
+) -> None:
     write_pipeline(workspace, arrests)
     code, output = deepgate(*args)
     assert code == 1, output
@@ -169,8 +176,9 @@ def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: 
     assert code == 0, output
 
     registry = Registry(load_settings(workspace))
-    service = create_app(champion_loader(registry, "toronto", tmp_path / "cache"), pipeline="toronto",
-                         poll_seconds=3600)
+    service = create_app(
+        champion_loader(registry, "toronto", tmp_path / "cache"), pipeline="toronto", poll_seconds=3600
+    )
     rows = arrests.drop(columns=["released"]).iloc[:5].to_dict(orient="records")
     with TestClient(service) as client:
         meta = client.get("/metadata").json()
@@ -179,8 +187,9 @@ def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: 
         assert first["version"] == "1"
 
         # A second version that cannot be rejected for regressing against v1.
-        code, output = deepgate("run", "--config", "good.yaml", "--set", "train.seed=1",
-                                "--set", "gates.evaluation.max_regression=1.0")
+        code, output = deepgate(
+            "run", "--config", "good.yaml", "--set", "train.seed=1", "--set", "gates.evaluation.max_regression=1.0"
+        )
         assert code == 0, output
         assert registry.alias_version("toronto", names.CHAMPION).version == "2", output
 
