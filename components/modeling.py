@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from components.config import DataConfig, PipelineConfig
 from components.dataset import Dataset, feature_columns
@@ -119,6 +120,9 @@ def fit_candidate(
 
     train_xy, val_xy = encode(split.train), encode(split.val)
     params = _architecture(config, dataset, train_xy[0].shape[-1], len(classes))
+    # Initial weights come from torch's global generator: seed it here, or a second training in
+    # the same process (run --all, a scheduled worker) would start from other weights.
+    torch.manual_seed(config.train.seed)
     net = build_model(config.train.arch, **params)
     result = train_model(net, train_xy, val_xy, config.train, on_epoch_end=on_epoch_end)
     predictor = Predictor(

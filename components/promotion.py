@@ -93,8 +93,7 @@ def _majority_baseline_check(challenger: EvalReport) -> Check:
     passed = challenger.macro_f1 > baseline + 1e-9
     verdict = "beats" if passed else "does not beat"
     detail = (
-        f"macro-F1 {challenger.macro_f1:.4f} {verdict} always predicting the majority class "
-        f"(macro-F1 {baseline:.4f})"
+        f"macro-F1 {challenger.macro_f1:.4f} {verdict} always predicting the majority class (macro-F1 {baseline:.4f})"
     )
     return Check("beats_majority_baseline", passed, detail, challenger.macro_f1, baseline)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -281,6 +282,8 @@ def champion_loader(registry: Any, pipeline: str, cache: Path) -> Any:
             return None
         if info.version not in loaded:
             package = registry.copy_package(pipeline, info.version, cache / f"v{info.version}")
+            for old in loaded:  # its weights are in memory already; the files are not needed
+                shutil.rmtree(cache / f"v{old}", ignore_errors=True)
             loaded.clear()
             loaded[info.version] = LoadedModel(
                 info.version,

@@ -247,7 +247,8 @@ def retrain(config: PipelineConfig, home: str | None = None) -> RunSummary:
     try:
         _retrain(config, settings, registry, summary, run_id, code, commit, flow_run_id)
     except GateStopped:
-        registry.set_run_tags(run_id, {"deepgate.outcome": "stopped"})
+        registry.set_run_tags(run_id, {"deepgate.outcome": "stopped", "deepgate.stopped_at": str(summary.stopped_at)})
+        registry.log_dict(run_id, summary.to_dict(), "summary.json")
         registry.end_run(run_id, "FAILED")
         raise
     except BaseException:
@@ -262,7 +263,7 @@ def retrain(config: PipelineConfig, home: str | None = None) -> RunSummary:
     return summary
 
 
-def _stop(registry: Registry, run_id: str, summary: RunSummary, report: GateReport) -> None:
+def _stop(summary: RunSummary, report: GateReport) -> None:
     summary.outcome, summary.stopped_at = "stopped", report.gate
     summary.reasons = [c.detail for c in report.failures()]
     raise GateStopped(report, summary)
@@ -285,10 +286,7 @@ def _retrain(
             dataset, path = ingest(config, settings)
         except DataLoadError as error:
             _stop(
-                registry,
-                run_id,
-                summary,
-                _gate(registry, run_id, summary, GateReport("ingest", [Check("readable", False, str(error))])),
+                summary, _gate(registry, run_id, summary, GateReport("ingest", [Check("readable", False, str(error))]))
             )
     summary.rows = len(dataset)
     with _stage(summary, "version"):
@@ -301,11 +299,11 @@ def _retrain(
         registry.log_dict(run_id, suite, SUITE_ARTIFACT)
         report = _gate(registry, run_id, summary, validate(dataset, config, suite))
     if not report.passed:
-        _stop(registry, run_id, summary, report)
+        _stop(summary, report)
     with _stage(summary, "check_labels"):
         report = _gate(registry, run_id, summary, check(dataset, config))
     if not report.passed:
-        _stop(registry, run_id, summary, report)
+        _stop(summary, report)
 
     identity = fingerprint(data.md5, config.config_hash(), code)
     done = registry.find_by_fingerprint(config.name, identity)

@@ -51,7 +51,7 @@ def test_bad_values_name_the_field(overrides: list[str], field: str) -> None:
 
 
 def test_modality_and_architecture_must_agree() -> None:
-    with pytest.raises(ConfigError, match="train.arch"):
+    with pytest.raises(ConfigError, match=r"train\.arch"):
         build_config({**minimal(), "train": {"arch": "cnn"}})
 
 

@@ -36,8 +36,9 @@ def test_settings_default_to_the_workspace_and_follow_the_environment(tmp_path: 
     assert local.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow' / 'mlflow.db'}"
     assert local.registry_uri == local.tracking_uri
     assert local.dvc_remote == str(tmp_path.resolve() / ".dvc-storage")
-    remote = load_settings(tmp_path, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
-                                          "DEEPGATE_DVC_REMOTE": "s3://bucket/dg"})
+    remote = load_settings(
+        tmp_path, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "DEEPGATE_DVC_REMOTE": "s3://bucket/dg"}
+    )
     assert remote.tracking_uri == "http://127.0.0.1:5000"
     assert remote.artifact_root is None  # a tracking server decides where artifacts go
     assert remote.dvc_remote == "s3://bucket/dg"

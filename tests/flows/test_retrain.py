@@ -36,7 +36,15 @@ def csv_pipeline(workspace: Path, frame: pd.DataFrame, **overrides: object) -> P
             "sensitive": ["colour", "sex"],
             "positive_label": "Yes",
         },
-        "train": {"arch": "mlp", "hidden": [16], "class_weight": "balanced", "max_epochs": 3, "batch_size": 64, "lr": 0.01, "seed": 0},
+        "train": {
+            "arch": "mlp",
+            "hidden": [16],
+            "class_weight": "balanced",
+            "max_epochs": 3,
+            "batch_size": 64,
+            "lr": 0.01,
+            "seed": 0,
+        },
         "gates": {
             "validation": {"min_rows": 100},
             "labels": {"min_per_class": 10, "max_conflict_fraction": 0.5},

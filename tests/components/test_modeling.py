@@ -1,0 +1,61 @@
+"""From split data to a packaged candidate: reproducible, and scored like it is served."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.config import build_config
+from components.dataset import Dataset
+from components.modeling import class_labels, fit_candidate, positive_class, score
+from components.split import SplitIndices
+
+
+def _data() -> tuple[Dataset, SplitIndices]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=60)
+    table = pd.DataFrame({"x": x, "c": np.where(x > 0, "hi", "lo"), "y": np.where(x > 0, "yes", "no")})
+    rows = np.arange(60)
+    return Dataset("tabular", table, "y"), SplitIndices(rows[:40], rows[40:50], rows[50:])
+
+
+def _config(seed: int = 0):
+    return build_config(
+        {
+            "name": "tiny",
+            "data": {"source": "csv:unused.csv", "target": "y"},
+            "train": {"arch": "mlp", "hidden": [4], "max_epochs": 5, "lr": 0.05, "batch_size": 8, "seed": seed},
+        }
+    )
+
+
+def _weights(seed: int) -> list[torch.Tensor]:
+    dataset, split = _data()
+    candidate = fit_candidate(_config(seed), dataset, split)
+    return [t.clone() for t in candidate.predictor.net.state_dict().values()]
+
+
+def test_same_seed_gives_the_same_weights_even_after_other_training_in_the_process() -> None:
+    first = _weights(0)
+    torch.rand(1000)  # disturb torch's global generator, as an earlier training would
+    _weights(1)
+    again = _weights(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, _weights(1), strict=True))
+
+
+def test_candidate_learns_and_scores_on_the_test_rows() -> None:
+    dataset, split = _data()
+    candidate = fit_candidate(_config(), dataset, split)
+    report = score(candidate.predictor, dataset, split.test)
+    assert report.n == 10
+    assert report.accuracy >= 0.9  # the label is a threshold on x: learnable in a few epochs
+    assert candidate.predictor.classes == ["no", "yes"]
+
+
+def test_labels_sort_numerically_and_positive_class_defaults_to_the_last() -> None:
+    digits = Dataset("tabular", pd.DataFrame({"y": [10, 2, 1, 2]}), "y")
+    assert class_labels(digits) == ["1", "2", "10"]
+    assert positive_class(["No", "Yes"], _config().data) == "Yes"
+    assert positive_class(["a", "b", "c"], _config().data) is None
