@@ -46,6 +46,10 @@ class DataConfig(_Strict):
         "`sensitive_as_features`) the sensitive ones.",
     )
     sensitive_as_features: bool = Field(False, description="Feed the sensitive columns to the model too.")
+    annotators: list[str] = Field(
+        default_factory=list,
+        description="Columns holding each annotator's label (two or more): agreement is checked.",
+    )
     positive_label: str | None = Field(
         None,
         description="Binary tasks: the favourable outcome (for selection rates and ROC-AUC); "
@@ -151,6 +155,39 @@ class LabelGate(_Strict):
     max_conflict_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of rows in groups with equal features, other labels."
     )
+    max_imbalance_ratio: float | None = Field(
+        None, ge=1, description="Largest allowed count ratio of the biggest to the smallest class."
+    )
+    max_noise_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Confident learning: largest allowed estimated label-noise rate (None: report only).",
+    )
+    noise_folds: int = Field(5, ge=2, le=20, description="Folds of the out-of-fold probe model.")
+    quarantine: bool = Field(
+        False, description="Drop suspected mislabeled rows from the training split (never from test)."
+    )
+    max_leakage_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of test rows allowed to appear verbatim in the training split."
+    )
+    min_annotator_agreement: float | None = Field(
+        None, ge=-1, le=1, description="Floor on Cohen's/Fleiss' kappa when `data.annotators` is set."
+    )
+
+
+class DriftGate(_Strict):
+    """Drift of a new data version against the reference (the champion's data).
+
+    Each check is `warn` (recorded, never blocks) or `fail` (stops the run before training).
+    """
+
+    psi_threshold: float = Field(0.25, gt=0, description="Population stability index per feature.")
+    ks_pvalue: float = Field(0.001, gt=0, lt=1, description="Numeric features: KS test p-value floor.")
+    chi2_pvalue: float = Field(0.001, gt=0, lt=1, description="Categorical features: chi-square p-value floor.")
+    label_psi_threshold: float = Field(0.1, gt=0, description="PSI of the label distribution.")
+    feature_action: Literal["warn", "fail"] = "warn"
+    label_action: Literal["warn", "fail"] = "fail"
 
 
 class EvaluationGate(_Strict):
@@ -176,6 +213,7 @@ class GatesConfig(_Strict):
 
     validation: ValidationGate = Field(default_factory=ValidationGate)
     labels: LabelGate = Field(default_factory=LabelGate)
+    drift: DriftGate = Field(default_factory=DriftGate)
     evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
     bias: BiasGate = Field(default_factory=BiasGate)
 

@@ -23,6 +23,7 @@ class Check:
         detail: One plain sentence a person can act on.
         value: The observed figure, when there is one.
         threshold: The limit it was held against, when there is one.
+        severity: `fail` blocks the gate when the check fails; `warn` is recorded only.
     """
 
     name: str
@@ -30,6 +31,7 @@ class Check:
     detail: str
     value: float | None = None
     threshold: float | None = None
+    severity: Literal["fail", "warn"] = "fail"
 
 
 @dataclass
@@ -50,8 +52,8 @@ class GateReport:
 
     @property
     def passed(self) -> bool:
-        """True when the gate does not block (every check passed, or not applicable)."""
-        return not self.applicable or all(c.passed for c in self.checks)
+        """True when the gate does not block (no failing `fail` check, or not applicable)."""
+        return not self.applicable or all(c.passed or c.severity == "warn" for c in self.checks)
 
     @property
     def status(self) -> Status:
@@ -61,8 +63,12 @@ class GateReport:
         return "pass" if self.passed else "fail"
 
     def failures(self) -> list[Check]:
-        """The checks that failed."""
-        return [c for c in self.checks if not c.passed]
+        """The blocking checks that failed."""
+        return [c for c in self.checks if not c.passed and c.severity == "fail"]
+
+    def warnings(self) -> list[Check]:
+        """The `warn` checks that failed (recorded, not blocking)."""
+        return [c for c in self.checks if not c.passed and c.severity == "warn"]
 
     def headline(self) -> str:
         """One line: the verdict and its key reason."""
@@ -72,7 +78,9 @@ class GateReport:
         if not failed:
             # The key figures (the first three the gate reported) say how comfortably it passed.
             shown = ", ".join(f"{name} {value:.4g}" for name, value in list(self.figures.items())[:3])
-            return f"pass ({len(self.checks)} checks)" + (f": {shown}" if shown else "")
+            warned = self.warnings()
+            warning = f"; WARNING: {warned[0].detail}" + (f" (+{len(warned) - 1} more)" if len(warned) > 1 else "")
+            return f"pass ({len(self.checks)} checks)" + (f": {shown}" if shown else "") + (warning if warned else "")
         more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
         return f"FAIL: {failed[0].detail}{more}"
 
@@ -95,7 +103,7 @@ class GateReport:
         for c in self.checks:
             value = "" if c.value is None else f"{c.value:.4g}"
             threshold = "" if c.threshold is None else f"{c.threshold:.4g}"
-            result = "pass" if c.passed else "**FAIL**"
+            result = "pass" if c.passed else ("warn" if c.severity == "warn" else "**FAIL**")
             lines.append(f"| {c.name} | {result} | {value} | {threshold} | {c.detail} |")
         return "\n".join(lines)
 

@@ -124,7 +124,8 @@ def test_component_modules_follow_the_house_rules(path: Path) -> None:
 
 
 def test_mlflow_store_folder_never_shadows_the_mlflow_package() -> None:
-    assert list((ROOT / "mlflow").rglob("__init__.py")) == []
+    # Only the folder itself matters: the artifact store below it legitimately holds model code.
+    assert not (ROOT / "mlflow" / "__init__.py").exists()
     spec = importlib.util.find_spec("mlflow")
     assert spec is not None and spec.origin is not None
     assert not Path(spec.origin).resolve().is_relative_to(ROOT / "mlflow")
