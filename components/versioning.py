@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from components.dataset import Dataset, read_canonical
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +140,17 @@ def snapshot_raw(root: Path, source: Path, pipeline: str, remote_url: str) -> Da
     if source.resolve() != target.resolve():
         shutil.copyfile(source, target)
     return version_dataset(root, target, remote_url)
+
+
+def read_data_version(root: Path, md5: str, remote_url: str, filename: str, target: str) -> Dataset:
+    """A canonical dataset file of a given version, read back from DVC.
+
+    Args:
+        root: The DVC repository root.
+        md5: The data version.
+        remote_url: DVC remote, used when the local cache lacks the version.
+        filename: Its canonical file name (`dataset.parquet` or `dataset.npz`: tells the format).
+        target: The label column.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_canonical(fetch_version(root, md5, remote_url, Path(tmp) / filename), target)

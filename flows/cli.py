@@ -191,6 +191,47 @@ def ingest(pipeline: Annotated[str, typer.Argument(help="A bundled pipeline (see
 
 
 @app.command()
+def suite(
+    pipeline: Annotated[str, typer.Argument(help="A bundled pipeline (see params.yaml).")],
+    from_version: Annotated[
+        str | None, typer.Option("--from-version", help="DVC md5 of the data to learn from (default: the champion's).")
+    ] = None,
+) -> None:
+    """(Re)build the pipeline's expectation suite, expectations/PIPELINE.json, from reference data."""
+    settings = load_settings()
+    _prepare_environment(settings)
+    from components.dataset import DataLoadError, load_source
+    from components.registry import Registry
+    from components.suites import load_suite, save_suite, suite_path
+    from components.validation import build_suite
+    from components.versioning import read_data_version
+
+    try:
+        config = load_pipeline(pipeline, params_path=settings.params_path)
+        champion = Registry(settings).alias_version(pipeline, names.CHAMPION)
+        md5 = from_version or (champion.tags.get(names.TAG_DATA_VERSION) if champion else None)
+        filename = "dataset.npz" if config.data.modality == "image" else "dataset.parquet"
+        if md5:
+            origin = f"data version {md5[:8]}" + ("" if from_version else f" (champion v{champion.version})")  # type: ignore[union-attr]
+            dataset = read_data_version(settings.home, md5, settings.dvc_remote, filename, config.data.target)
+        else:
+            origin, dataset = "the current source (no champion yet)", load_source(config.data)
+        path = suite_path(settings.home, pipeline)
+        previous = load_suite(path)
+    except (ConfigError, DataLoadError, FileNotFoundError, ValueError) as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    built = build_suite(dataset, config.data, config.gates.validation)
+    save_suite(path, built)
+    before = "" if previous is None else f" (was {len(previous['expectations'])})"
+    console.print(
+        f"wrote {path.relative_to(settings.home)}: {len(built['expectations'])} expectations{before}, "
+        f"learnt from {origin}, {len(dataset)} rows. Review the diff and commit it.",
+        highlight=False,
+    )
+
+
+@app.command()
 def status(
     pipeline: Annotated[str | None, typer.Argument(help="One pipeline (default: every bundled one).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,

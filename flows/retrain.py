@@ -12,7 +12,6 @@ or serving validation is registered with the verdict `rejected` and its reasons.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from prefect.context import get_run_context
 from components import modeling, names
 from components.bias import audit_bias
 from components.config import PipelineConfig
-from components.dataset import DataLoadError, Dataset, read_canonical
+from components.dataset import DataLoadError, Dataset
 from components.dataset import ingest as dataset_ingest
 from components.drift import detect_drift
 from components.evaluation import EvalReport, plot_confusion_matrix, plot_learning_curves
@@ -40,7 +39,7 @@ from components.split import SplitIndices, split_dataset
 from components.suites import load_suite, save_suite, suite_hash, suite_path
 from components.summary import RunSummary
 from components.validation import build_suite, validate_dataset
-from components.versioning import DataVersion, fetch_version, snapshot_raw, version_dataset
+from components.versioning import DataVersion, read_data_version, snapshot_raw, version_dataset
 
 SUITE_ARTIFACT = "validation/suite.json"
 
@@ -86,12 +85,9 @@ def reference_data(settings: Settings, config: PipelineConfig, champion: Version
     """The champion's training data, read back from DVC by its version (None without a champion)."""
     if champion is None or names.TAG_DATA_VERSION not in champion.tags:
         return None
-    relative = champion.tags.get(names.TAG_DATA_PATH, "dataset.parquet")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = fetch_version(
-            settings.home, champion.tags[names.TAG_DATA_VERSION], settings.dvc_remote, Path(tmp) / Path(relative).name
-        )
-        return read_canonical(local, config.data.target)
+    filename = Path(champion.tags.get(names.TAG_DATA_PATH, "dataset.parquet")).name
+    md5 = champion.tags[names.TAG_DATA_VERSION]
+    return read_data_version(settings.home, md5, settings.dvc_remote, filename, config.data.target)
 
 
 @_task(name="validate")
