@@ -53,6 +53,7 @@ from components.dataset import Dataset
 
 DATA = DataConfig(source="parquet:synthetic.parquet", target="released", id="id", time="year")
 MAX_SECONDS, MAX_MEMORY_RATIO = 2.0, 3.0
+COLUMNS = ("engine", "batch", "wall s (median)", "peak RSS", "RSS / table", "tracemalloc peak", "failed checks")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
@@ -239,7 +240,7 @@ def _mb(n: float) -> str:
 def report(results: list[dict[str, Any]], rows: int) -> None:
     """Print the table and whether the default engine meets the requirement."""
     table = Table(title=f"Validating {rows:,} rows x 10 columns (table: {_mb(results[0]['table_bytes'])})")
-    for column in ("engine", "batch", "wall s (median)", "peak RSS", "RSS / table", "tracemalloc peak", "failed checks"):
+    for column in COLUMNS:
         table.add_column(column, justify="left" if column in ("engine", "batch") else "right")
     for r in results:
         ratio = f"{r['peak_rss_bytes'] / r['table_bytes']:.2f}x"
@@ -249,7 +250,8 @@ def report(results: list[dict[str, Any]], rows: int) -> None:
     for batch in dict.fromkeys(r["batch"] for r in results):
         verdicts = {r["engine"]: r["verdicts"] for r in results if r["batch"] == batch}
         agree = len({json.dumps(v) for v in verdicts.values()}) == 1
-        console.print(f"{batch} batch: pass/fail of every check {'identical' if agree else 'DIFFERS'} across {list(verdicts)}")
+        same = "identical" if agree else "DIFFERS"
+        console.print(f"{batch} batch: pass/fail of every check {same} across {list(verdicts)}")
     for r in (r for r in results if r["engine"] == "fast"):
         ok = r["seconds"] <= MAX_SECONDS and r["peak_rss_bytes"] <= MAX_MEMORY_RATIO * r["table_bytes"]
         verdict = "meets" if ok else "MISSES"

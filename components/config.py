@@ -146,6 +146,12 @@ class ValidationGate(_Strict):
     )
     max_null_fraction: float = Field(0.01, ge=0, le=1, description="Allowed null fraction in a column that had none.")
     min_rows: int = Field(50, gt=0)
+    max_rows_factor: float = Field(
+        10.0, ge=1, description="A batch over this many times the reference's rows is refused (a bad join?)."
+    )
+    min_class_share: float = Field(
+        0.25, ge=0, le=1, description="Each reference class keeps at least this fraction of its reference share."
+    )
 
 
 class LabelGate(_Strict):

@@ -7,8 +7,9 @@ overall, are suspects. The estimated noise rate is cleanlab's count of label iss
 confident joint) over the rows analysed.
 
 The probe only has to rank rows, not to serve, so it is a classical model that fits in
-seconds (:data:`PROBES`); `auto` fits each candidate of the modality and keeps the one whose
-out-of-fold probabilities score best (lowest Brier score against the given labels).
+seconds; `auto` fits each candidate of the modality (:func:`candidate_probes`) and keeps the
+one whose out-of-fold probabilities score best against the given labels (lowest Brier score:
+unlike log loss it stays finite when nearest neighbours give a class probability 0).
 """
 
 from __future__ import annotations
@@ -61,10 +62,13 @@ def _probe(name: str, modality: str, components: int = IMAGE_COMPONENTS) -> Clas
 def candidate_probes(modality: str) -> list[str]:
     """The probes `auto` chooses from.
 
-    Tables: logistic regression finds flipped labels best where classes are (nearly) linearly
-    separable, shallow boosting where they are not (interactions, thresholds); neither wins
-    everywhere (see benchmarks/label_noise.py). Images: on PCA components of raw pixels,
-    nearest neighbours beat logistic regression on MNIST-like data.
+    Measured with 5% of labels flipped (precision of the flipped rows among the top-k
+    suspects; benchmarks/label_noise.py): tables need both, as neither wins everywhere. On a
+    linearly separable table logistic regression scores 0.89-0.97 and shallow boosting
+    0.66-0.73; on an XOR-like table logistic regression is at chance (0.03-0.06) and boosting
+    0.44-0.54; on arrests both reach about 0.4. Images: on 50 PCA components of MNIST pixels,
+    nearest neighbours score 0.82-0.86 against 0.77-0.80 for logistic regression, and estimate
+    0.5% noise on clean labels against 2.5%, at the same speed (about a second).
     """
     return ["logistic", "boosting"] if modality == "tabular" else ["logistic", "knn"]
 
@@ -149,10 +153,23 @@ def _brier(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.square(proba - onehot).sum(axis=1).mean())
 
 
+def _best_probe(
+    names: list[str], modality: str, x: np.ndarray, y: np.ndarray, folds: int, seed: int
+) -> tuple[str, np.ndarray]:
+    """The probe whose out-of-fold probabilities have the lowest Brier score, and those probabilities."""
+    # PCA cannot keep more components than pixels, or than rows in a training fold (>= n/2).
+    components = min(IMAGE_COMPONENTS, x.shape[1], len(x) // 2)
+    fitted = {name: _out_of_fold(_probe(name, modality, components), x, y, folds, seed) for name in names}
+    chosen = min(names, key=lambda name: _brier(y, fitted[name]))
+    return chosen, fitted[chosen]
+
+
 def _encode(labels: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Class codes 0..k-1 and the classes, sorted."""
-    classes, codes = np.unique(labels.astype(str).to_numpy(), return_inverse=True)
-    return codes.astype(np.int64), classes
+    """Class codes 0..k-1 and each code's label, as given (ordered by the label's text)."""
+    # Grouped by text so that mixed types (1 and "1") are one class; the label kept is a given
+    # one, so suggested labels compare equal to given labels of the same class.
+    _, first, codes = np.unique(labels.astype(str).to_numpy(), return_index=True, return_inverse=True)
+    return codes.astype(np.int64), labels.to_numpy()[first]
 
 
 def _suspects(
@@ -205,13 +222,8 @@ def find_label_noise(
     if len(classes) < 2 or smallest < 2:
         raise ValueError("label noise needs at least two classes with two rows each")
     x = _probe_inputs(dataset, data, rows)
-    folds = min(folds, smallest)
-    names = candidate_probes(dataset.modality) if probe == "auto" else [probe]
-    # PCA cannot keep more components than pixels, or than rows in a training fold (>= n/2).
-    components = min(IMAGE_COMPONENTS, x.shape[1], len(rows) // 2)
-    fitted = {name: _out_of_fold(_probe(name, dataset.modality, components), x, y, folds, seed) for name in names}
-    chosen = min(names, key=lambda name: _brier(y, fitted[name]))
-    proba = fitted[chosen]
+    names: list[str] = candidate_probes(dataset.modality) if probe == "auto" else [probe]
+    chosen, proba = _best_probe(names, dataset.modality, x, y, min(folds, smallest), seed)
     suspects = _suspects(dataset, data, rows, y, proba, classes)
     return LabelNoiseReport(
         n=len(rows),

@@ -12,6 +12,7 @@ training split measure memory, not generalisation.
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -117,7 +118,7 @@ def _agreement_check(table: pd.DataFrame, columns: list[str], floor: float | Non
     what = f"annotator agreement ({name} over {len(columns)} annotators, {rows} fully rated rows)"
     if np.isnan(kappa):
         # Without a floor the figure is reported only, so its absence warns rather than blocks.
-        severity = "fail" if floor is not None else "warn"
+        severity: Literal["fail", "warn"] = "fail" if floor is not None else "warn"
         return Check("min_annotator_agreement", False, f"{what} could not be computed", None, floor, severity), kappa
     if floor is None:
         detail = f"{what}: {kappa:.4f}; no min_annotator_agreement configured, so it is reported, not gated"
@@ -139,7 +140,9 @@ def _min_per_class_check(counts: pd.Series, floor: int) -> Check:
 def _known_classes_check(counts: pd.Series, known_classes: list) -> Check:
     unknown = sorted(set(counts.index) - set(known_classes), key=str)
     detail = (
-        f"labels outside the known classes {list(known_classes)}: {unknown}" if unknown else "all labels are known classes"
+        f"labels outside the known classes {list(known_classes)}: {unknown}"
+        if unknown
+        else "all labels are known classes"
     )
     return Check("known_classes", not unknown, detail, float(len(unknown)), 0.0)
 

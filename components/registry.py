@@ -117,6 +117,10 @@ class Registry:
         """Log a text (markdown, HTML) artifact."""
         self.client.log_text(run_id, text, artifact_file)
 
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
+        """Log a folder (an HTML report, say) under `artifact_path`."""
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         """Log a matplotlib figure as an image artifact."""
         self.client.log_figure(run_id, figure, artifact_file)

@@ -21,6 +21,7 @@ Great Expectations is imported lazily so that importing this module stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -40,12 +41,10 @@ from components.gates import Check, GateReport
 
 SUITE_NAME = "deepgate_reference"
 MAX_DOMAIN_SIZE = 50
-# A batch more than 10x the reference is far more likely a join gone wrong or a file appended
-# twice than organic growth; a genuinely larger dataset needs a new reference suite.
-MAX_ROWS_FACTOR = 10.0
-# A class whose share of the labels falls below a quarter of its reference share has all but
-# vanished (a filter or a labelling tool gone wrong), yet ordinary sampling never gets there.
-MIN_CLASS_SHARE = 0.25
+# Defaults of gates.validation.max_rows_factor and min_class_share (components/config.py):
+# a batch more than 10x the reference is far more likely a join gone wrong or a file appended
+# twice than organic growth; a class whose share falls below a quarter of its reference share
+# has all but vanished (a filter or a labelling tool gone wrong), which sampling never does.
 _DATASOURCE, _ASSET, _BATCH = "deepgate", "dataset", "whole"
 _PARTIAL = 20  # GX's `partial_unexpected_count` in the SUMMARY result format
 
@@ -251,8 +250,8 @@ def build_suite(
     data: DataConfig,
     gate: ValidationGate,
     *,
-    max_rows_factor: float = MAX_ROWS_FACTOR,
-    min_class_share: float = MIN_CLASS_SHARE,
+    max_rows_factor: float | None = None,
+    min_class_share: float | None = None,
 ) -> dict[str, Any]:
     """Derive an expectation suite from a reference dataset.
 
@@ -273,6 +272,9 @@ def build_suite(
         expectations = _image_expectations(gx, dataset, gate)
     else:
         expectations = _tabular_expectations(gx, dataset.table, data, gate)
+    # Explicit arguments win; otherwise the gate's settings.
+    max_rows_factor = gate.max_rows_factor if max_rows_factor is None else max_rows_factor
+    min_class_share = gate.min_class_share if min_class_share is None else min_class_share
     expectations += _class_share_expectations(gx, dataset.labels, dataset.target, min_class_share)
     max_rows = max(gate.min_rows, math.ceil(max_rows_factor * len(dataset)))
     expectations.append(gx.expectations.ExpectTableRowCountToBeBetween(min_value=gate.min_rows, max_value=max_rows))
@@ -376,6 +378,8 @@ def validate_dataset(
         `critical` becomes a `warn` check.
     """
     del data  # the suite carries everything; the argument keeps the gate signatures uniform
+    if engine not in ("fast", "gx"):
+        raise ValueError(f"engine must be 'fast' or 'gx', got {engine!r}")
     expected = suite.get("meta", {}).get("deepgate", {}).get("modality", dataset.modality)
     report = GateReport("validation", figures={"rows": float(len(dataset))})
     if expected != dataset.modality or (expected == "image") != (dataset.images is not None):
@@ -437,10 +441,8 @@ def _dtype_types(type_list: list[str]) -> list[Any]:
             for t in _pandas_type(name):
                 types.append(t)
                 if issubclass(t, pd.api.extensions.ExtensionDtype):
-                    try:
+                    with contextlib.suppress(TypeError):  # an extension dtype that needs arguments
                         types.append(t())
-                    except TypeError:
-                        pass
         types += _NATIVE_TYPES.get(name.lower(), ())
     return types
 
@@ -661,7 +663,7 @@ def _row_count_problem(kwargs: dict[str, Any], n: Any) -> str:
     if low is not None and n is not None and n < low:
         return f"table has {n} rows, at least {low} required"
     if high is not None and n is not None and n > high:
-        return f"table has {n} rows, at most {high} allowed (more than {MAX_ROWS_FACTOR:g}x the reference is suspect)"
+        return f"table has {n} rows, at most {high} allowed (far more than the reference: a bad join or double append?)"
     return f"table has {n} rows, {_rows_wanted(kwargs)} required"
 
 

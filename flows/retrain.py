@@ -1,7 +1,7 @@
 """The one DAG. Each task is a thin wrapper over a plain function in components/.
 
 ```
-ingest -> version (DVC) -> validate (GX) -> check labels -> split -> train
+ingest -> version (DVC) -> validate (GX) -> check drift -> check labels -> split -> train
    -> evaluate (vs champion) -> audit bias -> register (alias challenger)
    -> validate serving (load + query) -> promote (alias champion)
 ```
@@ -12,6 +12,7 @@ or serving validation is registered with the verdict `rejected` and its reasons.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ from components.settings import Settings, load_settings
 from components.split import SplitIndices, split_dataset
 from components.suites import load_suite, save_suite, suite_hash, suite_path
 from components.summary import RunSummary
-from components.validation import build_suite, validate_dataset
+from components.validation import build_suite, data_docs_html, validate_dataset
 from components.versioning import DataVersion, read_data_version, snapshot_raw, version_dataset
 
 SUITE_ARTIFACT = "validation/suite.json"
@@ -94,6 +95,13 @@ def reference_data(settings: Settings, config: PipelineConfig, champion: Version
 def validate(dataset: Dataset, config: PipelineConfig, suite: dict) -> GateReport:
     """Validate the dataset against the reference suite (Great Expectations)."""
     return validate_dataset(dataset, suite, config.data)
+
+
+@_task(name="data_docs")
+def data_docs(registry: Registry, run_id: str, dataset: Dataset, suite: dict) -> None:
+    """Log Great Expectations' Data Docs of this validation to the run (validation/data_docs/)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        registry.log_artifacts(run_id, data_docs_html(dataset, suite, Path(tmp) / "docs"), "validation/data_docs")
 
 
 @_task(name="check_drift")
@@ -347,6 +355,7 @@ def _retrain(
         registry.set_run_tags(run_id, {names.TAG_SUITE_HASH: suite_hash(suite)})
         report = _gate(registry, run_id, summary, validate(dataset, config, suite))
     if not report.passed:
+        data_docs(registry, run_id, dataset, suite)  # the page a person reads to see what broke
         _stop(summary, report)
     with _stage(summary, "check_drift"):
         report = _gate(registry, run_id, summary, drift(reference, dataset, config))
@@ -369,6 +378,8 @@ def _retrain(
         ]
         return
 
+    with _stage(summary, "data_docs"):
+        data_docs(registry, run_id, dataset, suite)
     with _stage(summary, "split"):
         indices = split(dataset, config)
     lineage = {

@@ -98,6 +98,8 @@ def test_flipped_image_labels_are_found():
     dataset = Dataset("image", pd.DataFrame({"label": labels}), "label", images)
     report = find_label_noise(dataset, DataConfig(source="npz:x.npz", target="label"))
     assert set(report.suspects["row"][:4]) == set(flipped)
+    top = report.suspects.iloc[0]
+    assert top["suggested_label"] == 1 - top["given_label"]  # labels keep their type (int here)
 
 
 def test_gate_blocks_above_the_ceiling_and_only_warns_without_one(noisy):
@@ -127,3 +129,52 @@ def test_quarantine_drops_suspects_from_train_only():
     np.testing.assert_array_equal(cleaned.train, [0, 2, 4])
     np.testing.assert_array_equal(cleaned.val, split.val)
     np.testing.assert_array_equal(cleaned.test, split.test)
+
+
+# --- acceptance: 10 seeds of 5% random flips (benchmarks/label_noise.py prints the details) ---
+
+
+def _seeds_loop(dataset: Dataset, data: DataConfig, rows: np.ndarray, ceiling: float) -> dict[str, int]:
+    """Over 10 seeds: clean runs that pass, flipped runs flagged, flipped runs with P and R >= 0.6."""
+    counts = {"clean_passes": 0, "flagged": 0, "precise": 0}
+    labels = dataset.labels.to_numpy()
+    classes = np.unique(labels)
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        flipped = rng.choice(rows, round(0.05 * len(rows)), replace=False)
+        noisy = labels.copy()
+        noisy[flipped] = [rng.choice(classes[classes != v]) for v in noisy[flipped]]
+        flipped_set = Dataset("tabular", dataset.table.assign(**{dataset.target: noisy}), dataset.target)
+        clean = find_label_noise(dataset, data, rows, seed=seed)
+        report = find_label_noise(flipped_set, data, rows, seed=seed)
+        top = report.suspects["row"].to_numpy()[: len(flipped)]
+        hits = np.isin(top, flipped).sum()
+        counts["clean_passes"] += clean.gate_report(ceiling).passed
+        counts["flagged"] += not report.gate_report(ceiling).passed
+        counts["precise"] += hits / max(len(top), 1) >= 0.6 and hits / len(flipped) >= 0.6
+    return counts
+
+
+@pytest.mark.slow
+def test_synthetic_table_meets_the_acceptance_figures():
+    table = _separable(2000).drop(columns="key")
+    counts = _seeds_loop(
+        Dataset("tabular", table, "y"), DataConfig(source="csv:x.csv", target="y"), np.arange(2000), 0.01
+    )
+    assert counts["clean_passes"] >= 9 and counts["flagged"] >= 9 and counts["precise"] >= 9, counts
+
+
+@pytest.mark.slow
+def test_arrests_gate_separates_clean_from_flipped_labels():
+    # The bundled pipeline's rows before the test period (years < 2001: training + validation).
+    # Its labels are ambiguous by nature (5 coarse features, 83% "Yes"): the gate separates clean
+    # from 5%-flipped labels at max_noise_rate 0.065, but flipped rows cannot be told apart from
+    # genuine "No" rows: precision of the top suspects stays near 0.4 (an oracle ranking that
+    # knows the clean-label model gets about the same), so that figure is not asserted here.
+    from components.dataset import load_source
+
+    data = DataConfig(source="sklego:arrests", target="released", sensitive=["colour", "sex"], time="year")
+    dataset = load_source(data)
+    rows = np.flatnonzero(dataset.table["year"].to_numpy() < 2001)
+    counts = _seeds_loop(dataset, data, rows, 0.065)
+    assert counts["clean_passes"] >= 9 and counts["flagged"] >= 9, counts

@@ -106,6 +106,8 @@ def test_first_run_promotes_with_full_lineage_then_skips(
     assert run.data.metrics["test.accuracy"] == pytest.approx(summary.metrics["accuracy"])
     artifacts = {a.path for a in registry.client.list_artifacts(version.run_id)}
     assert {"validation", "plots", "gates", "evaluation", "promotion", "model", "summary.json"} <= artifacts
+    docs = {a.path for a in registry.client.list_artifacts(version.run_id, "validation/data_docs")}
+    assert "validation/data_docs/index.html" in docs
     plots = {a.path for a in registry.client.list_artifacts(version.run_id, "plots")}
     assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= plots
 
