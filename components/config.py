@@ -46,6 +46,12 @@ class DataConfig(_Strict):
         "`sensitive_as_features`) the sensitive ones.",
     )
     sensitive_as_features: bool = Field(False, description="Feed the sensitive columns to the model too.")
+    classes: list[str] | None = Field(
+        None, description="Keep only rows with these labels (e.g. digits 0-4 for a base model)."
+    )
+    shots_per_class: int | None = Field(
+        None, gt=0, description="Few-shot: at most this many labelled training rows per class."
+    )
     annotators: list[str] = Field(
         default_factory=list,
         description="Columns holding each annotator's label (two or more): agreement is checked.",
@@ -135,6 +141,26 @@ class TrainConfig(_Strict):
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     limit_train_batches: int | float | None = Field(
         None, description="Clamp batches per epoch (tests and smoke runs only)."
+    )
+    init: Literal["scratch", "transfer", "warm_start"] = Field(
+        "scratch",
+        description="scratch: random weights; transfer: backbone from `base_model`, new head; "
+        "warm_start: all weights from the current champion (same label set).",
+    )
+    base_model: str | None = Field(
+        None,
+        description="transfer: `models:/NAME@alias`, `models:/NAME/VERSION` or a model package folder.",
+    )
+    unfreeze_after: int | None = Field(
+        None, ge=0, description="transfer: the backbone is frozen until this epoch (None: frozen throughout)."
+    )
+    backbone_lr_mult: float = Field(0.1, gt=0, le=1, description="transfer: backbone LR as a fraction of `lr`.")
+    gradient_clip_val: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    max_grad_norm: float = Field(
+        1e4, gt=0, description="Divergence guard: a gradient norm above this (or a NaN/inf loss) stops training."
+    )
+    checkpoint_every_n_steps: int | None = Field(
+        None, gt=0, description="Also checkpoint every N optimizer steps (always at epoch end)."
     )
 
 
