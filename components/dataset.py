@@ -138,6 +138,11 @@ def load_source(data: DataConfig, base_dir: Path = Path(".")) -> Dataset:
         if data.target not in table.columns:
             raise DataLoadError(f"target column {data.target!r} not in {location}; columns: {list(table.columns)}")
         dataset = Dataset("tabular", table, data.target)
+    if data.classes is not None:
+        keep = dataset.labels.astype(str).isin(data.classes).to_numpy()
+        if not keep.any():
+            raise DataLoadError(f"no rows have a label in data.classes {data.classes}")
+        dataset = dataset.subset(np.flatnonzero(keep))
     if data.max_rows is not None and data.max_rows < len(dataset):
         rows = np.sort(np.random.default_rng(0).choice(len(dataset), data.max_rows, replace=False))
         dataset = dataset.subset(rows)

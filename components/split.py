@@ -98,3 +98,21 @@ def split_dataset(dataset: Dataset, data: DataConfig, split: SplitConfig) -> Spl
     val_size = round(split.val_fraction * len(rows))
     train, val = _stratified(rest, y[rest], val_size, split.seed, "validation")
     return SplitIndices(np.sort(train), np.sort(val), np.sort(test))
+
+
+def limit_shots(split: SplitIndices, labels: pd.Series, shots: int, seed: int = 0) -> SplitIndices:
+    """Few-shot: keep at most `shots` training rows per class (a seeded choice); val and test stay.
+
+    Args:
+        split: The full split.
+        labels: The dataset's label column (positions match the split's indices).
+        shots: Labelled training rows per class.
+        seed: Which rows are kept.
+    """
+    rng = np.random.default_rng(seed)
+    train_labels = labels.iloc[split.train].astype(str).to_numpy()
+    kept = []
+    for label in sorted(set(train_labels)):
+        rows = split.train[train_labels == label]
+        kept.append(rows if len(rows) <= shots else rng.choice(rows, shots, replace=False))
+    return SplitIndices(np.sort(np.concatenate(kept)), split.val, split.test)

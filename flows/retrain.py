@@ -36,7 +36,7 @@ from components.lineage import code_hash, fingerprint, git_commit
 from components.promotion import PromotionDecision, decide_promotion, evaluation_gate_report
 from components.registry import Registry, VersionInfo
 from components.settings import Settings, load_settings
-from components.split import SplitIndices, split_dataset
+from components.split import SplitIndices, limit_shots, split_dataset
 from components.suites import load_suite, save_suite, suite_hash, suite_path
 from components.summary import RunSummary
 from components.validation import build_suite, data_docs_html, validate_dataset
@@ -122,8 +122,11 @@ def check(dataset: Dataset, config: PipelineConfig) -> GateReport:
 
 @_task(name="split")
 def split(dataset: Dataset, config: PipelineConfig) -> SplitIndices:
-    """Stratified (or time-ordered) train/val/test split."""
-    return split_dataset(dataset, config.data, config.split)
+    """Stratified (or time-ordered) train/val/test split; few-shot limits the training rows."""
+    indices = split_dataset(dataset, config.data, config.split)
+    if config.data.shots_per_class is not None:
+        indices = limit_shots(indices, dataset.labels, config.data.shots_per_class, seed=config.split.seed)
+    return indices
 
 
 @_task(name="train")

