@@ -14,6 +14,14 @@ Run (from the project root)::
 2. `scale`: label checks + label noise on 100,000 synthetic rows of 10 columns, wall time.
 3. `quarantine`: 10% of the training labels flipped; test accuracy of the MLP trained on every
    training row versus on the rows left after quarantining the suspects.
+
+Last run (2 cores, probe `auto`): synthetic and mnist meet every acceptance figure (10/10 seeds
+flagged, 10/10 clean pass, top-k precision 0.96-1.0 and 0.83-0.86). Arrests: the gate at 0.065
+separates clean (at most 0.061) from flipped (at least 0.071) in 10/10 seeds, but top-k
+precision is 0.35-0.44 in every seed, which is what an oracle ranking by the clean-label
+posterior also gets: its labels are too ambiguous to single out flipped rows. 100,000 rows: 4.2 s.
+Quarantine: synthetic accuracy 0.971 -> 0.984 (true labels: 0.985); arrests accuracy 0.747 ->
+0.796 but macro-F1 0.613 -> 0.591: half of what it drops are genuine minority-class labels.
 """
 
 from __future__ import annotations

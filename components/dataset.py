@@ -183,7 +183,7 @@ def feature_columns(data: DataConfig, table: pd.DataFrame) -> list[str]:
     """The model's input columns of a tabular dataset, in a stable order."""
     if data.features is not None:
         return list(data.features)
-    excluded = {data.target, data.id, data.time} - {None}
+    excluded = {data.target, data.id, data.time, *data.annotators} - {None}
     if not data.sensitive_as_features:
         excluded |= set(data.sensitive)
     # time stays out only as an ordering key when it is not numeric (a date, a period name).

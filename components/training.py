@@ -1,35 +1,73 @@
-"""Fit a classifier network with PyTorch Lightning, in memory, deterministically on CPU.
+"""Fit a classifier network deterministically on CPU, with a divergence guard and exact resume.
 
 The network is a plain `nn.Module` (see :mod:`components.models`); :class:`ClassifierModule`
-wraps it with the loss, the metrics and the optimizer. :func:`train_model` runs the fit with
-early stopping and returns the network holding its best-validation-loss weights. Nothing is
-written to disk: the best weights are kept in memory and progress goes to a callback.
+wraps it with the loss, the metrics and the optimizer (it still fits with ``pl.Trainer`` too).
+:func:`train_model` runs the fit with early stopping and returns the network holding its
+best-validation-loss weights, kept in memory.
+
+Why a loop of our own on Lightning Fabric instead of ``Trainer.fit``: a fit killed mid-epoch
+must continue bit-exactly, which needs this epoch's shuffling order, the batches already done,
+the partial epoch loss and every counter. ``Trainer.fit(ckpt_path=...)`` restarts the
+interrupted epoch, and its loop counters are internals, not an API. Fabric keeps what Lightning
+is here for (the accelerator now; DDP and mixed precision later) while the loop stays short and
+in view. Batches are cut from the in-memory tensors by index rather than by a DataLoader, which
+is faster and draws no hidden random numbers (an iterated DataLoader seeds itself from torch's
+global generator, which would shift dropout after a resume).
+
+With `checkpoint_dir`, the fit writes one safetensors file, ``last.safetensors``, at every epoch
+end and every `checkpoint_every_n_steps` optimizer steps: tensors (weights, best weights,
+optimizer moments, RNG states) as tensors and the rest as JSON in its header, nothing pickled.
+It is replaced atomically, so a kill at any instant leaves the previous or the new checkpoint,
+never a torn one. A fingerprint of the data, the initial weights and the settings stops a
+checkpoint of another fit from being resumed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import math
+import os
+import random
+import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.fabric import Fabric
+from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from components.config import ScheduleConfig, TrainConfig
 from components.schedules import build_scheduler
 
 EpochCallback = Callable[[dict[str, Any]], None]
+Split = tuple[np.ndarray, np.ndarray]
+
+CHECKPOINT_NAME = "last.safetensors"
+_CHECKPOINT_FORMAT = 1
+_META_KEY = "deepgate.training"
+# Settings that cannot change the trajectory: a resume may differ in them.
+_NOT_FINGERPRINTED = {"checkpoint_every_n_steps"}
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN/inf or the gradient norm exploded; the fit was stopped."""
 
 
 class ClassifierModule(pl.LightningModule):
@@ -42,6 +80,8 @@ class ClassifierModule(pl.LightningModule):
         schedule: Learning-rate schedule, stepped once per epoch.
         max_epochs: Training length, which sets the default cosine period.
         class_weights: Per-class loss weights (None: every row counts the same).
+        lr_mult: Multipliers of `lr` for the parameters under a submodule of `net`, by name
+            (e.g. ``{"backbone": 0.1}`` for a pretrained backbone); each gets its own group.
     """
 
     def __init__(
@@ -52,6 +92,7 @@ class ClassifierModule(pl.LightningModule):
         schedule: ScheduleConfig,
         max_epochs: int,
         class_weights: torch.Tensor | None = None,
+        lr_mult: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -59,6 +100,7 @@ class ClassifierModule(pl.LightningModule):
         self.weight_decay = weight_decay
         self.schedule = schedule
         self.max_epochs = max_epochs
+        self.lr_mult = dict(lr_mult or {})
         # A buffer moves to the training device with the module.
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.class_weights: torch.Tensor | None
@@ -67,10 +109,14 @@ class ClassifierModule(pl.LightningModule):
         """Class logits."""
         return self.net(x)
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean (class-weighted) cross-entropy of a batch."""
+        return F.cross_entropy(logits, labels, weight=self.class_weights)
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         inputs, labels = batch
         logits = self(inputs)
-        loss = F.cross_entropy(logits, labels, weight=self.class_weights)
+        loss = self.loss(logits, labels)
         # batch_size makes the epoch value a per-row mean even when the last batch is short.
         size = len(labels)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=size)
@@ -87,11 +133,19 @@ class ClassifierModule(pl.LightningModule):
         """Loss and accuracy of one validation batch."""
         return self._step(batch, "val")
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One optimizer group per learning rate: `lr` times the first matching `lr_mult`."""
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, param in self.net.named_parameters():
+            mult = next((m for prefix, m in self.lr_mult.items() if f"{name}.".startswith(f"{prefix}.")), 1.0)
+            groups.setdefault(mult, []).append(param)
+        return [{"params": params, "lr": self.lr * mult} for mult, params in groups.items()]
+
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """AdamW over the trainable parameters, with the epoch-wise schedule."""
-        # Frozen layers (transfer learning) are left out so that weight decay cannot move them.
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        """AdamW over every parameter, with the epoch-wise schedule."""
+        # Frozen parameters stay in: AdamW skips a parameter without a gradient (weight decay
+        # included), and a layer unfrozen later must already be in the optimizer to train.
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=self.lr, weight_decay=self.weight_decay)
         scheduler = build_scheduler(optimizer, self.schedule, self.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
@@ -104,10 +158,12 @@ class TrainResult:
         model: The network with its best-validation-loss weights, in eval mode, on CPU.
         history: One dict per epoch: epoch (0-based), train_loss, val_loss, val_accuracy, lr.
         best_epoch: The epoch (0-based) whose weights `model` holds.
-        epochs_run: Epochs actually trained.
+        epochs_run: Epochs trained, counting those of an interrupted run that this one resumed.
         stopped_early: Whether early stopping ended the fit before `max_epochs`.
         device: Where the fit ran, e.g. `cpu` or `cuda:0`.
-        fit_seconds: Wall time of the fit.
+        fit_seconds: Wall time of the fit (of this call only, when resumed).
+        resumed_from: The checkpoint position this call continued from: `epoch` (0-based, the
+            epoch then in progress) and `step` (optimizer steps already done); None if fresh.
     """
 
     model: nn.Module
@@ -117,92 +173,416 @@ class TrainResult:
     stopped_early: bool
     device: str
     fit_seconds: float
+    resumed_from: dict[str, int] | None = None
 
 
-class _Recorder(Callback):
-    """Keeps the per-epoch history and a CPU copy of the best weights; reports each epoch."""
+@dataclass
+class _FitState:
+    """Everything of the fit besides tensors; saved as JSON in each checkpoint."""
 
-    def __init__(self, on_epoch_end: EpochCallback | None = None) -> None:
-        self.on_epoch_end = on_epoch_end
-        self.history: list[dict[str, Any]] = []
-        self.best_loss = float("inf")
-        self.best_epoch: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.device = "cpu"
-        self._epoch_lr = float("nan")
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.device = str(pl_module.device)
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Read now: Lightning steps epoch schedulers right after the last training batch,
-        # before validation and before on_train_epoch_end.
-        self._epoch_lr = float(trainer.optimizers[0].param_groups[0]["lr"])
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        loss = float(trainer.callback_metrics["val_loss"])
-        if loss < self.best_loss:  # False for NaN, so a diverged epoch is never "best"
-            self.best_loss, self.best_epoch = loss, trainer.current_epoch
-            state = pl_module.net.state_dict()  # type: ignore[union-attr]
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Runs after validation, so every metric of the epoch is there.
-        metrics = trainer.callback_metrics
-        record = {
-            "epoch": trainer.current_epoch,
-            "train_loss": float(metrics["train_loss"]),
-            "val_loss": float(metrics["val_loss"]),
-            "val_accuracy": float(metrics["val_accuracy"]),
-            "lr": self._epoch_lr,
-        }
-        self.history.append(record)
-        if self.on_epoch_end is not None:
-            self.on_epoch_end(record)
+    epoch: int = 0  # epochs completed, which is also the 0-based epoch in progress
+    batch: int = 0  # batches done in the epoch in progress
+    step: int = 0  # optimizer steps done
+    loss_sum: float = 0.0  # row-weighted training loss so far in the epoch in progress
+    rows: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_loss: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0  # early stopping: epochs since the best one
+    stopped: bool = False
 
 
-def _loader(data: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int | None) -> DataLoader:
+class _EpochOrder:
+    """Shuffled batches of row indices, one permutation per epoch, resumable mid-epoch.
+
+    It remembers its generator's state from before the current epoch's permutation: a resumed
+    fit restores that state, draws the same permutation and skips the batches already done.
+    """
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int, limit: int | float | None) -> None:
+        self.n_rows, self.batch_size = n_rows, batch_size
+        self.n_batches = _limit_batches(math.ceil(n_rows / batch_size), limit)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._start = self.generator.get_state()
+        self._perm: torch.Tensor | None = None
+
+    def begin(self) -> None:
+        """Draw this epoch's permutation."""
+        self._start = self.generator.get_state()
+        self._perm = torch.randperm(self.n_rows, generator=self.generator)
+
+    def end(self) -> None:
+        """Close the epoch."""
+        self._perm = None
+
+    @property
+    def in_epoch(self) -> bool:
+        """Whether an epoch's permutation is drawn and not yet used up."""
+        return self._perm is not None
+
+    def batches(self, skip: int) -> Iterator[torch.Tensor]:
+        """Row indices of each batch of the epoch, from batch `skip` on."""
+        assert self._perm is not None, "begin() the epoch first"
+        for index in range(skip, self.n_batches):
+            yield self._perm[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def state(self) -> torch.Tensor:
+        """The generator state to restore: before this epoch's draw, or now between epochs."""
+        return self._start if self.in_epoch else self.generator.get_state()
+
+    def restore(self, state: torch.Tensor) -> None:
+        """Set the generator back; the next :meth:`begin` draws the interrupted epoch's order."""
+        self.generator.set_state(state)
+        self._perm = None
+
+
+def _limit_batches(n_batches: int, limit: int | float | None) -> int:
+    """Batches per epoch under `limit_train_batches` (an int count or a float fraction)."""
+    if limit is None:
+        return n_batches
+    count = limit if isinstance(limit, int) else int(n_batches * limit)
+    return max(1, min(n_batches, count))
+
+
+def _tensors(data: Split, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     inputs, labels = data
     if len(inputs) != len(labels):
         raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
-    dataset = TensorDataset(
+    if len(inputs) == 0:
+        raise ValueError(f"no {name} rows")
+    return (
         torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),
         torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
     )
-    # A seeded generator of its own makes the shuffling order depend on the seed only.
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=seed is not None, generator=generator, num_workers=0)
+
+
+def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # copy=True also unties shared tensors, which safetensors refuses to write.
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
+
+
+def _hash_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+    digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+
+def fit_fingerprint(net: nn.Module, train: Split, val: Split, cfg: TrainConfig) -> str:
+    """A hash of what determines a fit: data, initial weights and settings (SHA-256 hex).
+
+    A checkpoint is resumed only by a call with the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    settings = cfg.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for name, data in (("train", train), ("val", val)):
+        inputs, labels = _tensors(data, name)
+        _hash_tensor(digest, f"{name}.inputs", inputs)
+        _hash_tensor(digest, f"{name}.labels", labels)
+    for key, value in net.state_dict().items():
+        _hash_tensor(digest, f"net.{key}", value)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` so that a crash leaves either the old file or the new one."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(payload)
+            file.flush()
+            os.fsync(file.fileno())  # the bytes are on disk before the name points at them
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    # Persist the rename itself (POSIX keeps it in the directory entry).
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The tensors and JSON header of a checkpoint file; None if missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            meta = json.loads((file.metadata() or {})[_META_KEY])
+            tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        logger.warning("ignoring unreadable checkpoint %s: %s", path, error)
+        return None
+    if meta.get("format") != _CHECKPOINT_FORMAT:
+        logger.warning("ignoring checkpoint %s of format %s", path, meta.get("format"))
+        return None
+    return tensors, meta
+
+
+def checkpoint_position(checkpoint_dir: Path) -> dict[str, int] | None:
+    """Where the checkpoint in `checkpoint_dir` stands (`epoch`, `batch`, `step`), if any."""
+    loaded = _read_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME)
+    if loaded is None:
+        return None
+    fit = loaded[1]["fit"]
+    return {"epoch": fit["epoch"], "batch": fit["batch"], "step": fit["step"]}
+
+
+def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{index}/{key}"] = value.detach().to("cpu", copy=True)
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "state": plain}
+
+
+def _join_optimizer_state(tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(index): dict(entry) for index, entry in meta["state"].items()}
+    for name, value in tensors.items():
+        index, key = name.split("/", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _capture_rng(order: _EpochOrder) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng/torch": torch.get_rng_state(), "rng/order": order.state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors |= {f"rng/cuda/{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    tensors["rng/numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, internal, gauss_next = random.getstate()
+    meta = {
+        "numpy": [kind, int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+    }
+    return tensors, meta
+
+
+def _restore_rng(tensors: Mapping[str, torch.Tensor], meta: dict[str, Any], order: _EpochOrder) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    order.restore(tensors["rng/order"])
+    cuda = [tensors[f"rng/cuda/{i}"] for i in range(torch.cuda.device_count()) if f"rng/cuda/{i}" in tensors]
+    if cuda and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = meta["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _by_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
+
+
+def _clip_gradients(fabric: Fabric, module: nn.Module, optimizer: torch.optim.Optimizer, clip: float | None) -> float:
+    """Clip the gradients to norm `clip` (None: leave them); return their norm before clipping.
+
+    The norm is the one from before clipping so that clipping cannot hide a blow-up from the
+    divergence guard. Without `clip` the norm is measured with ``max_norm=inf``, which scales
+    the gradients by exactly 1.
+    """
+    norm = fabric.clip_gradients(module, optimizer, max_norm=clip or math.inf, error_if_nonfinite=False)
+    return float(norm) if norm is not None else 0.0
+
+
+class _Fit:
+    """One fit: the loop, its state and its checkpoints. Use :func:`train_model`."""
+
+    def __init__(
+        self,
+        fabric: Fabric,
+        module: ClassifierModule,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        cfg: TrainConfig,
+        on_epoch_end: EpochCallback | None,
+        progress: bool,
+    ) -> None:
+        self.fabric, self.cfg, self.train, self.val = fabric, cfg, train, val
+        self.on_epoch_end, self.progress = on_epoch_end, progress
+        config = module.configure_optimizers()
+        self.scheduler = config["lr_scheduler"]["scheduler"]  # type: ignore[index]
+        self.net = module.net
+        self.module, self.optimizer = fabric.setup(module, config["optimizer"])
+        self.loss = module.loss
+        self.order = _EpochOrder(len(train[0]), cfg.batch_size, cfg.seed, cfg.limit_train_batches)
+        self.state = _FitState()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.path: Path | None = None
+        self.fingerprint = ""
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Train until `max_epochs` or early stopping (from wherever the state stands)."""
+        while not self.state.stopped and self.state.epoch < self.cfg.max_epochs:
+            if not self.order.in_epoch:
+                self.order.begin()
+            self._train_batches()
+            self._end_epoch()
+
+    def _train_batches(self) -> None:
+        state, (inputs, labels) = self.state, self.train
+        every = self.cfg.checkpoint_every_n_steps
+        self.module.train()
+        for index in self.order.batches(skip=state.batch):
+            batch_inputs, batch_labels = self.fabric.to_device((inputs[index], labels[index]))
+            loss = self.loss(self.module(batch_inputs), batch_labels)
+            value = float(loss.detach())
+            where = f"at epoch {state.epoch}, step {state.step + 1}"
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss became {value} {where}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.fabric.backward(loss)
+            self._guard_and_clip(where)
+            self.optimizer.step()
+            state.step, state.batch = state.step + 1, state.batch + 1
+            state.loss_sum, state.rows = state.loss_sum + value * len(index), state.rows + len(index)
+            if every is not None and state.step % every == 0:
+                self._checkpoint()
+
+    def _guard_and_clip(self, where: str) -> None:
+        norm = _clip_gradients(self.fabric, self.module, self.optimizer, self.cfg.gradient_clip_val)
+        if not norm <= self.cfg.max_grad_norm:  # also catches NaN
+            raise TrainingDiverged(f"gradient norm {norm:.2g} above {self.cfg.max_grad_norm:.2g} {where}")
+
+    def _end_epoch(self) -> None:
+        state = self.state
+        lr = float(self.scheduler.get_last_lr()[0])  # the rate this epoch trained with
+        self.scheduler.step()
+        self.order.end()
+        val_loss, val_accuracy = self._validate()
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(f"validation loss became {val_loss} at epoch {state.epoch}")
+        record = {
+            "epoch": state.epoch,
+            "train_loss": state.loss_sum / state.rows,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "lr": lr,
+        }
+        self._early_stopping(val_loss)
+        state.history.append(record)
+        state.epoch, state.batch, state.loss_sum, state.rows = state.epoch + 1, 0, 0.0, 0
+        state.stopped = state.wait >= self.cfg.patience and state.epoch >= self.cfg.min_epochs
+        if self.progress:
+            print(_progress_line(record, self.cfg.max_epochs), file=sys.stderr)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(record)
+        self._checkpoint()
+
+    def _early_stopping(self, val_loss: float) -> None:
+        state = self.state
+        if state.best_loss is None or val_loss < state.best_loss:
+            state.best_loss, state.best_epoch, state.wait = val_loss, state.epoch, 0
+            self.best_state = _cpu_copy(self.net.state_dict())
+        else:
+            state.wait += 1
+
+    def _validate(self) -> tuple[float, float]:
+        inputs, labels = self.val
+        size, loss_sum, correct = self.cfg.batch_size, 0.0, 0
+        self.module.eval()
+        with torch.inference_mode():
+            for start in range(0, len(labels), size):
+                batch = self.fabric.to_device((inputs[start : start + size], labels[start : start + size]))
+                logits = self.module(batch[0])
+                loss_sum += float(self.loss(logits, batch[1])) * len(batch[1])
+                correct += int((logits.argmax(dim=1) == batch[1]).sum())
+        return loss_sum / len(labels), correct / len(labels)
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def use_checkpoints(self, checkpoint_dir: Path, fingerprint: str) -> dict[str, int] | None:
+        """Checkpoint into `checkpoint_dir`; resume from its checkpoint when it is this fit's."""
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.path, self.fingerprint = checkpoint_dir / CHECKPOINT_NAME, fingerprint
+        for stale in checkpoint_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+            stale.unlink(missing_ok=True)  # a write cut short by a crash
+        loaded = _read_checkpoint(self.path)
+        if loaded is None:
+            return None
+        tensors, meta = loaded
+        if meta.get("fingerprint") != fingerprint:
+            logger.warning(
+                "checkpoint %s belongs to another fit (other data, initial weights or settings); starting fresh",
+                self.path,
+            )
+            return None
+        self._restore(tensors, meta)
+        position = {"epoch": self.state.epoch, "step": self.state.step}
+        logger.info("resuming from %s at epoch %d, step %d", self.path, position["epoch"], position["step"])
+        return position
+
+    def _checkpoint(self) -> None:
+        if self.path is None:
+            return
+        tensors = {f"model/{k}": v for k, v in _cpu_copy(self.net.state_dict()).items()}
+        if self.best_state is not None:
+            tensors |= {f"best/{k}": v for k, v in self.best_state.items()}
+        optimizer_tensors, optimizer_meta = _split_optimizer_state(self.optimizer.state_dict())
+        rng_tensors, rng_meta = _capture_rng(self.order)
+        meta = {
+            "format": _CHECKPOINT_FORMAT,
+            "fingerprint": self.fingerprint,
+            "fit": asdict(self.state),
+            "optimizer": optimizer_meta,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_meta,
+        }
+        payload = safetensors_bytes(tensors | optimizer_tensors | rng_tensors, metadata={_META_KEY: json.dumps(meta)})
+        _write_atomic(self.path, payload)
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.net.load_state_dict(_by_prefix(tensors, "model/"))
+        self.best_state = _by_prefix(tensors, "best/") or None
+        # After fabric.setup, so that the moments are cast onto the parameters' device.
+        self.optimizer.load_state_dict(_join_optimizer_state(_by_prefix(tensors, "optim/"), meta["optimizer"]))
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.state = _FitState(**meta["fit"])
+        _restore_rng(tensors, meta["rng"], self.order)
+
+
+def _progress_line(record: dict[str, Any], max_epochs: int) -> str:
+    return (
+        f"epoch {record['epoch'] + 1}/{max_epochs}: train_loss {record['train_loss']:.4f} "
+        f"val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f} lr {record['lr']:.3g}"
+    )
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Mute Lightning's info lines and the num_workers hint; the caller reports progress."""
+def _fit_environment(deterministic: bool) -> Iterator[None]:
+    """Deterministic kernels for the fit only, and no Lightning chatter; restored afterwards."""
     names = ("lightning.pytorch", "lightning.fabric")
     levels = {name: logging.getLogger(name).level for name in names}
-    # Trainer(deterministic=True) switches a process-wide torch flag: restore it afterwards.
-    deterministic = torch.are_deterministic_algorithms_enabled()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
         for name in names:
             logging.getLogger(name).setLevel(logging.WARNING)
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
         with warnings.catch_warnings():
-            # In-memory tensors need no worker processes; the hint does not apply here.
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*", category=PossibleUserWarning)
             # Lightning 2.6 calls a pytree API that torch 2.13 deprecates; nothing for us to do.
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
             yield
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=warn_only)
 
 
 def _accelerator(choice: str) -> str:
     if choice == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return choice
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if choice == "gpu" else choice
 
 
 def _n_outputs(net: nn.Module, inputs: np.ndarray) -> int:
@@ -230,72 +610,73 @@ def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 def train_model(
     net: nn.Module,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Split,
+    val: Split,
     cfg: TrainConfig,
     *,
     on_epoch_end: EpochCallback | None = None,
     progress: bool = False,
+    checkpoint_dir: Path | None = None,
 ) -> TrainResult:
     """Fit `net` with early stopping on validation loss; return it with its best weights.
 
     The network is trained in place; its initial weights are the caller's (seed before
     building it for a reproducible run). With the same seed, data and initial weights, a CPU
-    fit gives bit-identical weights.
+    fit gives bit-identical weights, also when it was killed and resumed from a checkpoint.
 
     Args:
         net: The network to fit (scratch or pretrained).
         train: Encoded float32 inputs, (n, features) or (n, channels, height, width), and
             int64 class indices 0..k-1.
         val: Validation inputs and labels of the same shapes.
-        cfg: Optimizer, schedule, batch size, epochs, patience, seed and accelerator.
-        on_epoch_end: Called after each epoch with that epoch's history record.
-        progress: Show Lightning's progress bar.
+        cfg: Optimizer, schedule, batch size, epochs, patience, seed, accelerator, gradient
+            clipping, divergence threshold and checkpoint interval.
+        on_epoch_end: Called after each epoch trained in this call with its history record
+            (epochs restored from a checkpoint are not replayed; `history` has them all).
+        progress: Print one line per epoch to stderr.
+        checkpoint_dir: Write ``last.safetensors`` here at each epoch end and every
+            `cfg.checkpoint_every_n_steps` steps, and resume from it if it holds this fit's.
 
     Returns:
         The fitted network and how the fit went.
+
+    Raises:
+        TrainingDiverged: A NaN/inf loss, or a gradient norm (before clipping) above
+            `cfg.max_grad_norm`.
     """
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    accelerator = _accelerator(cfg.accelerator)
+    train_tensors, val_tensors = _tensors(train, "training"), _tensors(val, "validation")
+    seed_everything(cfg.seed, verbose=False)
     weights = balanced_class_weights(train[1], _n_outputs(net, train[0])) if cfg.class_weight == "balanced" else None
+    fingerprint = fit_fingerprint(net, train, val, cfg) if checkpoint_dir is not None else ""
     module = ClassifierModule(net, cfg.lr, cfg.weight_decay, cfg.schedule, cfg.max_epochs, weights)
-    recorder = _Recorder(on_epoch_end=on_epoch_end)
-    with _quiet_lightning():
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            # Some CUDA kernels (max-pool backward) have no deterministic variant.
-            deterministic=accelerator == "cpu",
-            max_epochs=cfg.max_epochs,
-            min_epochs=min(cfg.min_epochs, cfg.max_epochs),
-            limit_train_batches=cfg.limit_train_batches,
-            callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience), recorder],
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            num_sanity_val_steps=0,
-        )
+    accelerator = _accelerator(cfg.accelerator)
+    # Some CUDA kernels (max-pool backward) have no deterministic variant.
+    with _fit_environment(deterministic=accelerator == "cpu"):
+        fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")
+        fit = _Fit(fabric, module, train_tensors, val_tensors, cfg, on_epoch_end, progress)
+        resumed_from = fit.use_checkpoints(Path(checkpoint_dir), fingerprint) if checkpoint_dir is not None else None
         start = time.perf_counter()
-        trainer.fit(
-            module,
-            train_dataloaders=_loader(train, cfg.batch_size, cfg.seed),
-            val_dataloaders=_loader(val, cfg.batch_size, None),
-        )
+        fit.run()
         fit_seconds = time.perf_counter() - start
+    return _result(fit, str(fabric.device), fit_seconds, resumed_from)
+
+
+def _result(fit: _Fit, device: str, fit_seconds: float, resumed_from: dict[str, int] | None) -> TrainResult:
+    net, state = fit.net, fit.state
     net.to("cpu")
-    if recorder.best_state is not None:
-        net.load_state_dict(recorder.best_state)
+    if fit.best_state is not None:
+        net.load_state_dict(fit.best_state)
     net.eval()
-    epochs_run = len(recorder.history)
+    epochs_run = len(state.history)
     return TrainResult(
         model=net,
-        history=recorder.history,
-        best_epoch=recorder.best_epoch if recorder.best_epoch is not None else epochs_run - 1,
+        history=state.history,
+        best_epoch=state.best_epoch if state.best_epoch is not None else epochs_run - 1,
         epochs_run=epochs_run,
-        stopped_early=epochs_run < cfg.max_epochs,
-        device=recorder.device,
+        stopped_early=epochs_run < fit.cfg.max_epochs,
+        device=device,
         fit_seconds=fit_seconds,
+        resumed_from=resumed_from,
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -31,7 +32,8 @@ from components.dataset import ingest as dataset_ingest
 from components.drift import detect_drift
 from components.evaluation import EvalReport, plot_confusion_matrix, plot_learning_curves
 from components.gates import Check, GateReport
-from components.labels import check_labels
+from components.label_noise import LabelNoiseReport, find_label_noise, quarantine
+from components.labels import check_labels, leakage
 from components.lineage import code_hash, fingerprint, git_commit
 from components.promotion import PromotionDecision, decide_promotion, evaluation_gate_report
 from components.registry import Registry, VersionInfo
@@ -127,6 +129,14 @@ def split(dataset: Dataset, config: PipelineConfig) -> SplitIndices:
     if config.data.shots_per_class is not None:
         indices = limit_shots(indices, dataset.labels, config.data.shots_per_class, seed=config.split.seed)
     return indices
+
+
+@_task(name="check_label_noise")
+def label_noise(dataset: Dataset, indices: SplitIndices, config: PipelineConfig) -> LabelNoiseReport:
+    """Confident learning on the training and validation rows (out-of-fold probe model)."""
+    rows = np.concatenate([indices.train, indices.val])
+    gate = config.gates.labels
+    return find_label_noise(dataset, config.data, rows=rows, folds=gate.noise_folds, seed=config.split.seed)
 
 
 @_task(name="train")
@@ -385,6 +395,19 @@ def _retrain(
         data_docs(registry, run_id, dataset, suite)
     with _stage(summary, "split"):
         indices = split(dataset, config)
+    with _stage(summary, "check_label_noise"):
+        noise = label_noise(dataset, indices, config)
+        registry.log_text(run_id, noise.to_csv(), "labels/suspects.csv")
+        report = noise.gate_report(config.gates.labels.max_noise_rate)
+        report.checks.append(leakage(dataset, config.data, indices, config.gates.labels))
+        report = _gate(registry, run_id, summary, report)
+    if not report.passed:
+        _stop(summary, report)
+    quarantined = 0
+    if config.gates.labels.quarantine:
+        indices, quarantined = quarantine(indices, noise)
+        summary.notes.append(f"quarantine: {quarantined} suspected mislabeled rows left out of training")
+    registry.set_run_tags(run_id, {names.TAG_QUARANTINED: str(quarantined)})
     lineage = {
         "pipeline": config.name,
         "data_version": data.md5,
@@ -426,6 +449,7 @@ def _retrain(
         names.TAG_CONFIG_HASH: config.config_hash(),
         names.TAG_FINGERPRINT: identity,
         names.TAG_SEED: str(config.train.seed),
+        names.TAG_QUARANTINED: str(quarantined),
         names.TAG_FLOW_RUN_ID: flow_run_id,
         names.TAG_VERDICT: names.VERDICT_PENDING,
         **{f"{names.TAG_GATE_PREFIX}{g.gate}": g.status for g in summary.gates},

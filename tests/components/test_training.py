@@ -1,18 +1,29 @@
-"""Training behaviour: learning happens, early stopping, best weights, determinism, history."""
+"""Training behaviour: learning happens, early stopping, best weights, determinism, history,
+the divergence guard and gradient clipping (checkpoints and resume: test_resume.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from lightning.fabric import Fabric
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
-from components.config import TrainConfig
+from components.config import ScheduleConfig, TrainConfig
 from components.models import build_model
 from components.schedules import lr_factor
-from components.training import balanced_class_weights, predict_proba, train_model
+from components.training import (
+    ClassifierModule,
+    TrainingDiverged,
+    _clip_gradients,
+    balanced_class_weights,
+    predict_proba,
+    train_model,
+)
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -53,6 +64,7 @@ def test_mlp_learns_a_separable_set() -> None:
     predicted = predict_proba(result.model, val[0]).argmax(axis=1)
     assert (predicted == val[1]).mean() >= 0.9
     assert result.device == "cpu"
+    assert result.resumed_from is None
     assert not result.model.training
     assert next(result.model.parameters()).device.type == "cpu"
 
@@ -104,13 +116,15 @@ def test_same_seed_gives_identical_weights_another_seed_differs() -> None:
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
-def test_history_has_one_record_per_epoch_with_the_schedule_lr() -> None:
+def test_history_has_one_record_per_epoch_with_the_schedule_lr(capsys: pytest.CaptureFixture[str]) -> None:
     train, val = separable(n=60)
     schedule = {"kind": "step", "step_size": 1, "gamma": 0.5, "warmup_epochs": 1}
     cfg = mlp_config(lr=0.04, max_epochs=4, schedule=schedule)
     seen: list[dict[str, Any]] = []
-    result = train_model(mlp(), train, val, cfg, on_epoch_end=seen.append)
+    result = train_model(mlp(), train, val, cfg, on_epoch_end=seen.append, progress=True)
     assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/4", "epoch 2/4", "epoch 3/4", "epoch 4/4"]
     # warmup 1/2, then full rate, then halving each epoch
     assert [h["lr"] for h in result.history] == pytest.approx([0.02, 0.04, 0.02, 0.01])
     expected = [0.04 * lr_factor(e, cfg.schedule, cfg.max_epochs) for e in range(4)]
@@ -165,3 +179,77 @@ def test_balanced_weights_make_an_imbalanced_mlp_predict_the_minority() -> None:
         predicted[mode] = int(predict_proba(result.model, x).argmax(axis=1).sum())
     assert predicted["balanced"] > predicted["none"]
     assert predicted["balanced"] >= int(y.sum()) // 2
+
+
+def test_an_inf_input_stops_the_fit_at_the_step_of_its_batch() -> None:
+    (x, y), val = separable()
+    x = x.copy()
+    x[7] = np.inf
+    # Epoch 0's order is the first permutation of a generator seeded with cfg.seed (0).
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    step = int((order == 7).nonzero()) // 32 + 1
+    with pytest.raises(TrainingDiverged, match=rf"^loss became nan at epoch 0, step {step}$"):
+        train_model(mlp(), (x, y), val, mlp_config())
+
+
+def test_the_highest_lr_on_unscaled_features_trips_the_gradient_norm_guard() -> None:
+    train, val = separable()
+    # Features left at 1000x their scale, at the largest lr the config accepts.
+    raw_train, raw_val = (train[0] * 1000, train[1]), (val[0] * 1000, val[1])
+    with pytest.raises(TrainingDiverged, match=r"^gradient norm \d\.\de\+04 above 1e\+04 at epoch 0, step 2$"):
+        train_model(mlp(), raw_train, raw_val, mlp_config(lr=10))
+
+
+def test_the_guard_sees_the_gradient_norm_before_clipping() -> None:
+    train, val = separable()
+    # Clipped, the norm would be 0.001, under the threshold; the guard still stops the fit.
+    cfg = mlp_config(gradient_clip_val=1e-3, max_grad_norm=1e-2)
+    with pytest.raises(TrainingDiverged, match=r"^gradient norm .+ above 0\.01 at epoch 0, step 1$"):
+        train_model(mlp(), train, val, cfg)
+
+
+def test_clip_gradients_returns_the_norm_before_clipping() -> None:
+    fabric = Fabric(accelerator="cpu", devices=1)
+    layer = torch.nn.Linear(2, 1, bias=False)
+    layer, optimizer = fabric.setup(layer, torch.optim.SGD(layer.parameters(), lr=0.1))
+    layer.weight.grad = torch.tensor([[3.0, 4.0]])
+    assert _clip_gradients(fabric, layer, optimizer, None) == pytest.approx(5.0)
+    assert layer.weight.grad.tolist() == [[3.0, 4.0]]  # measured, not clipped
+    assert _clip_gradients(fabric, layer, optimizer, 1.0) == pytest.approx(5.0)
+    assert layer.weight.grad.tolist() == [pytest.approx([0.6, 0.8])]  # scaled by 1/5
+
+
+def test_a_clipped_high_lr_run_stays_finite_and_differs_from_the_unclipped_one() -> None:
+    train, val = separable()
+    raw_train, raw_val = (train[0] * 100, train[1]), (val[0] * 100, val[1])
+    clipped = train_model(mlp(), raw_train, raw_val, mlp_config(lr=10, max_epochs=3, gradient_clip_val=1.0))
+    plain = train_model(mlp(), raw_train, raw_val, mlp_config(lr=10, max_epochs=3))
+    assert all(np.isfinite([h["train_loss"], h["val_loss"]]).all() for h in clipped.history)
+    assert clipped.history != plain.history  # clipping changed the updates
+
+
+def test_lr_mult_gives_the_backbone_its_own_learning_rate() -> None:
+    module = ClassifierModule(mlp(), 0.1, 0.0, ScheduleConfig(kind="constant"), 1, lr_mult={"backbone": 0.1})
+    optimizer = module.configure_optimizers()["optimizer"]
+    # backbone: Linear(2, 16) weight and bias; head: Linear(16, 2) weight and bias
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.1])
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_classifier_module_still_fits_with_the_lightning_trainer() -> None:
+    (x, y), (vx, vy) = separable()
+    torch.manual_seed(0)
+    train_loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=32, shuffle=True)
+    val_loader = DataLoader(TensorDataset(torch.from_numpy(vx), torch.from_numpy(vy)), batch_size=32)
+    module = ClassifierModule(mlp(), 0.05, 0.0, ScheduleConfig(kind="constant"), 4)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_loader, val_loader)
+    assert float(trainer.callback_metrics["val_accuracy"]) >= 0.9
