@@ -13,7 +13,7 @@ export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-fast lint format bench status serve ui clean
+.PHONY: help install dev run transfer test test-fast lint format bench status serve ui clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,8 +37,11 @@ install: $(VENV)/.installed ## Create .venv and install deepgate (torch: $(TORCH
 
 dev: $(VENV)/.installed-dev ## install + test and lint tools
 
-run: install ## Retrain every bundled pipeline through every gate and print the summary
-	$(BIN)/deepgate run --all
+run: install ## Retrain the bundled pipelines (arrests, mnist) through every gate and print the summary
+	$(BIN)/deepgate run arrests mnist
+
+transfer: install ## The transfer-learning showcase: mnist-base (digits 0-4), then mnist-transfer (5-9, 10 labels/class)
+	$(BIN)/deepgate run mnist-base mnist-transfer
 
 test: dev ## Run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest

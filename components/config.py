@@ -163,6 +163,12 @@ class TrainConfig(_Strict):
         None, gt=0, description="Also checkpoint every N optimizer steps (always at epoch end)."
     )
 
+    @model_validator(mode="after")
+    def _transfer_needs_a_base(self) -> TrainConfig:
+        if self.init == "transfer" and not self.base_model:
+            raise ValueError("transfer needs train.base_model (models:/NAME@ALIAS, models:/NAME/VERSION or a folder)")
+        return self
+
 
 class ValidationGate(_Strict):
     """Data validation (Great Expectations)."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from components.config import DataConfig, PipelineConfig
 from components.dataset import Dataset, feature_columns
@@ -91,6 +92,35 @@ def _architecture(config: PipelineConfig, dataset: Dataset, width: int, n_classe
     }
 
 
+def _initial_network(
+    config: PipelineConfig, params: dict[str, Any], classes: list[str], base: Predictor | None
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The network to train, its architecture and parameters: one switch on `train.init`.
+
+    scratch: random weights. transfer: the base's backbone under a new head for this label set
+    (training freezes and later unfreezes it). warm_start: every weight of the base (the
+    current champion), which must have this label set.
+    """
+    # Initial weights come from torch's global generator: seed it here, or a second training in
+    # the same process (run --all, a scheduled worker) would start from other weights.
+    torch.manual_seed(config.train.seed)
+    init = config.train.init
+    if init == "scratch" or base is None:
+        return build_model(config.train.arch, **params), config.train.arch, params
+    if init == "warm_start":
+        if base.classes != classes:
+            raise ValueError(f"warm_start needs the champion's label set {base.classes}, the data has {classes}")
+        net = build_model(base.arch, **base.arch_params)
+        net.load_state_dict(base.net.state_dict())
+        return net, base.arch, dict(base.arch_params)
+    params = {**base.arch_params, "n_classes": len(classes)}
+    net = build_model(base.arch, **params)
+    backbone: nn.Module = net.backbone  # type: ignore[assignment]
+    base_backbone: nn.Module = base.net.backbone  # type: ignore[assignment]
+    backbone.load_state_dict(base_backbone.state_dict())  # the head stays new
+    return net, base.arch, params
+
+
 def fit_candidate(
     config: PipelineConfig,
     dataset: Dataset,
@@ -98,8 +128,12 @@ def fit_candidate(
     *,
     metadata: dict[str, Any] | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
+    base: Predictor | None = None,
 ) -> Candidate:
     """Fit preprocessing on the training rows, train the network, package both.
+
+    Scratch, transfer and warm start share this one path: only the initial network (and, from
+    a base model, the preprocessing its backbone was trained with) differ.
 
     Args:
         config: The pipeline (data columns, architecture, training settings).
@@ -107,9 +141,13 @@ def fit_candidate(
         split: Which rows train, validate and test.
         metadata: Lineage stored in the package (pipeline, data version, ...).
         on_epoch_end: Called with each epoch's history row (progress and tracking).
+        base: The model to start from when `train.init` is transfer or warm_start.
     """
     classes = class_labels(dataset)
-    if dataset.modality == "tabular":
+    preprocessor: Any
+    if base is not None and config.train.init != "scratch":
+        preprocessor = base.preprocessor
+    elif dataset.modality == "tabular":
         columns = feature_columns(config.data, dataset.table)
         preprocessor = fit_preprocessor("tabular", frame=dataset.table.iloc[split.train], columns=columns)
     else:
@@ -120,16 +158,13 @@ def fit_candidate(
 
     train_xy, val_xy = encode(split.train), encode(split.val)
     params = _architecture(config, dataset, train_xy[0].shape[-1], len(classes))
-    # Initial weights come from torch's global generator: seed it here, or a second training in
-    # the same process (run --all, a scheduled worker) would start from other weights.
-    torch.manual_seed(config.train.seed)
-    net = build_model(config.train.arch, **params)
+    net, arch, params = _initial_network(config, params, classes, base)
     result = train_model(net, train_xy, val_xy, config.train, on_epoch_end=on_epoch_end)
     predictor = Predictor(
         result.model,
         preprocessor,
         classes,
-        config.train.arch,
+        arch,
         params,
         metadata,
         positive_class=positive_class(classes, config.data),

@@ -17,6 +17,7 @@ TAG_DATA_VERSION = "deepgate.data_version"
 TAG_DATA_PATH = "deepgate.data_path"  # the canonical file, relative to the workspace
 TAG_RAW_DATA_VERSION = "deepgate.raw_data_version"  # the input file as it arrived
 TAG_SUITE_HASH = "deepgate.suite_hash"
+TAG_BASE_MODEL = "deepgate.base_model"  # transfer / warm start: the version it started from
 TAG_QUARANTINED = "deepgate.quarantined_rows"  # suspected mislabeled rows left out of training
 TAG_CONFIG_HASH = "deepgate.config_hash"
 TAG_FINGERPRINT = "deepgate.fingerprint"

@@ -222,12 +222,38 @@ class Registry:
                 return info
         return None
 
+    def resolve(self, uri: str) -> tuple[str, str]:
+        """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> (registered model name, version).
+
+        Raises:
+            ValueError: Not a models:/ URI, or no such model, alias or version.
+        """
+        from mlflow.exceptions import MlflowException
+
+        body = uri.removeprefix("models:/")
+        if body == uri or not body:
+            raise ValueError(f"{uri!r} is not a models:/NAME@ALIAS or models:/NAME/VERSION URI")
+        try:
+            if "@" in body:
+                name, alias = body.split("@", 1)
+                return name, str(self.client.get_model_version_by_alias(name, alias).version)
+            name, _, version = body.partition("/")
+            return name, str(self.client.get_model_version(name, version).version)
+        except MlflowException as error:
+            raise ValueError(f"{uri}: no such registered model version ({error.message})") from None
+
     @contextmanager
     def package(self, pipeline: str, version: str) -> Iterator[Path]:
         """Download a version's model package (spec.json + model.safetensors) to a temp dir."""
+        with self.package_of(names.registered_model_name(pipeline), version) as path:
+            yield path
+
+    @contextmanager
+    def package_of(self, model_name: str, version: str) -> Iterator[Path]:
+        """Like :meth:`package`, by registered model name (any pipeline's model)."""
         import mlflow
 
-        source = self.client.get_model_version(names.registered_model_name(pipeline), version).source
+        source = self.client.get_model_version(model_name, version).source
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=source, dst_path=tmp, tracking_uri=self.settings.tracking_uri

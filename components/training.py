@@ -425,8 +425,21 @@ class _Fit:
         while not self.state.stopped and self.state.epoch < self.cfg.max_epochs:
             if not self.order.in_epoch:
                 self.order.begin()
+            self._freeze_backbone()
             self._train_batches()
             self._end_epoch()
+
+    def _freeze_backbone(self) -> None:
+        # Transfer learning: feature extraction first (backbone frozen), then, from
+        # `unfreeze_after`, fine-tuning at the backbone's lower learning rate. Derived from the
+        # epoch alone, so a resumed fit freezes exactly as the uninterrupted one did.
+        backbone = getattr(self.net, "backbone", None)
+        if self.cfg.init != "transfer" or backbone is None:
+            return
+        after = self.cfg.unfreeze_after
+        trainable = after is not None and self.state.epoch >= after
+        for param in backbone.parameters():
+            param.requires_grad_(trainable)
 
     def _train_batches(self) -> None:
         state, (inputs, labels) = self.state, self.train
@@ -648,7 +661,8 @@ def train_model(
     seed_everything(cfg.seed, verbose=False)
     weights = balanced_class_weights(train[1], _n_outputs(net, train[0])) if cfg.class_weight == "balanced" else None
     fingerprint = fit_fingerprint(net, train, val, cfg) if checkpoint_dir is not None else ""
-    module = ClassifierModule(net, cfg.lr, cfg.weight_decay, cfg.schedule, cfg.max_epochs, weights)
+    lr_mult = {"backbone": cfg.backbone_lr_mult} if cfg.init == "transfer" else None
+    module = ClassifierModule(net, cfg.lr, cfg.weight_decay, cfg.schedule, cfg.max_epochs, weights, lr_mult)
     accelerator = _accelerator(cfg.accelerator)
     # Some CUDA kernels (max-pool backward) have no deterministic variant.
     with _fit_environment(deterministic=accelerator == "cpu"):

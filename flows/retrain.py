@@ -35,6 +35,7 @@ from components.gates import Check, GateReport
 from components.label_noise import LabelNoiseReport, find_label_noise, quarantine
 from components.labels import check_labels, leakage
 from components.lineage import code_hash, fingerprint, git_commit
+from components.predictor import Predictor
 from components.promotion import PromotionDecision, decide_promotion, evaluation_gate_report
 from components.registry import Registry, VersionInfo
 from components.settings import Settings, load_settings
@@ -139,8 +140,30 @@ def label_noise(dataset: Dataset, indices: SplitIndices, config: PipelineConfig)
     return find_label_noise(dataset, config.data, rows=rows, folds=gate.noise_folds, seed=config.split.seed)
 
 
+@_task(name="load_base_model")
+def base_model(
+    registry: Registry, config: PipelineConfig, champion: VersionInfo | None
+) -> tuple[Predictor | None, str]:
+    """The model training starts from (transfer: `train.base_model`; warm start: the champion)."""
+    train_cfg = config.train
+    if train_cfg.init == "warm_start" and champion is not None:
+        name = names.registered_model_name(config.name)
+        with registry.package(config.name, champion.version) as package:
+            return Predictor.load(package), f"models:/{name}/{champion.version}"
+    if train_cfg.init != "transfer" or train_cfg.base_model is None:
+        return None, ""
+    folder = Path(train_cfg.base_model)
+    if folder.is_dir():
+        return Predictor.load(folder), str(folder)
+    name, version = registry.resolve(train_cfg.base_model)
+    with registry.package_of(name, version) as package:
+        return Predictor.load(package), f"models:/{name}/{version}"
+
+
 @_task(name="train")
-def train(dataset: Dataset, indices: SplitIndices, config: PipelineConfig, metadata: dict) -> modeling.Candidate:
+def train(
+    dataset: Dataset, indices: SplitIndices, config: PipelineConfig, metadata: dict, base: Predictor | None
+) -> modeling.Candidate:
     """Fit the network; one progress line per epoch."""
     logger = get_run_logger()
 
@@ -155,7 +178,7 @@ def train(dataset: Dataset, indices: SplitIndices, config: PipelineConfig, metad
             row["lr"],
         )
 
-    return modeling.fit_candidate(config, dataset, indices, metadata=metadata, on_epoch_end=report)
+    return modeling.fit_candidate(config, dataset, indices, metadata=metadata, on_epoch_end=report, base=base)
 
 
 @_task(name="evaluate")
@@ -415,8 +438,14 @@ def _retrain(
         "code_hash": code,
         "git_commit": commit,
     }
+    base, base_ref = base_model(registry, config, champion)
+    if base_ref:
+        lineage["base_model"] = base_ref
+        registry.set_run_tags(run_id, {names.TAG_BASE_MODEL: base_ref})
+    elif config.train.init == "warm_start":
+        summary.notes.append("warm_start: no champion yet, so this model starts from scratch")
     with _stage(summary, "train"):
-        candidate = train(dataset, indices, config, lineage)
+        candidate = train(dataset, indices, config, lineage, base)
     for row in candidate.result.history:
         registry.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     registry.log_figure(run_id, plot_learning_curves(candidate.result.history), "plots/learning_curves.png")
@@ -450,6 +479,7 @@ def _retrain(
         names.TAG_FINGERPRINT: identity,
         names.TAG_SEED: str(config.train.seed),
         names.TAG_QUARANTINED: str(quarantined),
+        **({names.TAG_BASE_MODEL: base_ref} if base_ref else {}),
         names.TAG_FLOW_RUN_ID: flow_run_id,
         names.TAG_VERDICT: names.VERDICT_PENDING,
         **{f"{names.TAG_GATE_PREFIX}{g.gate}": g.status for g in summary.gates},

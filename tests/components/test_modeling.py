@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
-from components.config import build_config
+from components.config import ConfigError, build_config
 from components.dataset import Dataset
 from components.modeling import class_labels, fit_candidate, positive_class, score
 from components.split import SplitIndices
@@ -59,3 +60,59 @@ def test_labels_sort_numerically_and_positive_class_defaults_to_the_last() -> No
     assert class_labels(digits) == ["1", "2", "10"]
     assert positive_class(["No", "Yes"], _config().data) == "Yes"
     assert positive_class(["a", "b", "c"], _config().data) is None
+
+
+def _transfer_config(**train: object):
+    return build_config(
+        {
+            "name": "tiny",
+            "data": {"source": "csv:unused.csv", "target": "y"},
+            "train": {
+                "arch": "mlp",
+                "hidden": [4],
+                "max_epochs": 4,
+                "lr": 0.05,
+                "batch_size": 8,
+                "seed": 0,
+                "init": "transfer",
+                "base_model": "unused",
+                **train,
+            },
+        }
+    )
+
+
+def test_transfer_keeps_the_base_backbone_frozen_and_trains_a_new_head() -> None:
+    dataset, split = _data()
+    base = fit_candidate(_config(), dataset, split).predictor
+    before = {k: v.clone() for k, v in base.net.backbone.state_dict().items()}
+
+    transferred = fit_candidate(_transfer_config(unfreeze_after=None), dataset, split, base=base).predictor
+    after = transferred.net.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # frozen throughout
+    assert not torch.equal(transferred.net.head.weight, base.net.head.weight)
+    assert transferred.preprocessor is base.preprocessor  # the backbone's own input scaling
+
+    unfrozen = fit_candidate(_transfer_config(unfreeze_after=1), dataset, split, base=base).predictor
+    assert not all(torch.equal(before[k], unfrozen.net.backbone.state_dict()[k]) for k in before)
+
+
+def test_warm_start_needs_the_same_labels() -> None:
+    dataset, split = _data()
+    base = fit_candidate(_config(), dataset, split).predictor
+    other = Dataset("tabular", dataset.table.assign(y=np.where(dataset.table["x"] > 0, "up", "down")), "y")
+    warm = build_config(
+        {
+            "name": "tiny",
+            "data": {"source": "csv:unused.csv", "target": "y"},
+            "train": {"arch": "mlp", "hidden": [4], "max_epochs": 2, "init": "warm_start"},
+        }
+    )
+    with pytest.raises(ValueError, match="label set"):
+        fit_candidate(warm, other, split, base=base)
+    assert fit_candidate(warm, dataset, split, base=base).predictor.classes == ["no", "yes"]
+
+
+def test_transfer_without_a_base_model_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="base_model"):
+        build_config({"name": "t", "data": {"source": "csv:x.csv"}, "train": {"arch": "mlp", "init": "transfer"}})
