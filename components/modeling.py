@@ -129,6 +129,7 @@ def fit_candidate(
     metadata: dict[str, Any] | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
     base: Predictor | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> Candidate:
     """Fit preprocessing on the training rows, train the network, package both.
 
@@ -142,6 +143,7 @@ def fit_candidate(
         metadata: Lineage stored in the package (pipeline, data version, ...).
         on_epoch_end: Called with each epoch's history row (progress and tracking).
         base: The model to start from when `train.init` is transfer or warm_start.
+        checkpoint_dir: Checkpoint the fit here, and resume from it after a crash.
     """
     classes = class_labels(dataset)
     preprocessor: Any
@@ -159,7 +161,7 @@ def fit_candidate(
     train_xy, val_xy = encode(split.train), encode(split.val)
     params = _architecture(config, dataset, train_xy[0].shape[-1], len(classes))
     net, arch, params = _initial_network(config, params, classes, base)
-    result = train_model(net, train_xy, val_xy, config.train, on_epoch_end=on_epoch_end)
+    result = train_model(net, train_xy, val_xy, config.train, on_epoch_end=on_epoch_end, checkpoint_dir=checkpoint_dir)
     predictor = Predictor(
         result.model,
         preprocessor,

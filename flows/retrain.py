@@ -12,6 +12,7 @@ or serving validation is registered with the verdict `rejected` and its reasons.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -162,7 +163,12 @@ def base_model(
 
 @_task(name="train")
 def train(
-    dataset: Dataset, indices: SplitIndices, config: PipelineConfig, metadata: dict, base: Predictor | None
+    dataset: Dataset,
+    indices: SplitIndices,
+    config: PipelineConfig,
+    metadata: dict,
+    base: Predictor | None,
+    checkpoints: Path,
 ) -> modeling.Candidate:
     """Fit the network; one progress line per epoch."""
     logger = get_run_logger()
@@ -178,7 +184,13 @@ def train(
             row["lr"],
         )
 
-    return modeling.fit_candidate(config, dataset, indices, metadata=metadata, on_epoch_end=report, base=base)
+    candidate = modeling.fit_candidate(
+        config, dataset, indices, metadata=metadata, on_epoch_end=report, base=base, checkpoint_dir=checkpoints
+    )
+    if candidate.result.resumed_from:
+        logger.info("resumed from the checkpoint of an interrupted run: %s", candidate.result.resumed_from)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
+    return candidate
 
 
 @_task(name="evaluate")
@@ -445,7 +457,9 @@ def _retrain(
     elif config.train.init == "warm_start":
         summary.notes.append("warm_start: no champion yet, so this model starts from scratch")
     with _stage(summary, "train"):
-        candidate = train(dataset, indices, config, lineage, base)
+        # Keyed by the run's fingerprint: a killed run of the same data, code and config resumes.
+        checkpoints = settings.home / ".deepgate" / "checkpoints" / config.name / identity
+        candidate = train(dataset, indices, config, lineage, base, checkpoints)
     for row in candidate.result.history:
         registry.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     registry.log_figure(run_id, plot_learning_curves(candidate.result.history), "plots/learning_curves.png")

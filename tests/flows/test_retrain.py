@@ -21,6 +21,7 @@ from components.predictor import Predictor
 from components.registry import Registry
 from components.settings import load_settings
 from components.suites import load_suite, save_suite, suite_hash
+from components.training import TrainingDiverged
 from flows.retrain import GateStopped, retrain
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
@@ -269,3 +270,18 @@ def test_quarantine_drops_suspects_from_training_and_records_how_many(workspace:
     assert dropped > 0
     assert any(f"quarantine: {dropped} suspected" in note for note in summary.notes)
     assert registry.client.get_run(version.run_id).data.tags[names.TAG_QUARANTINED] == str(dropped)
+
+
+def test_diverging_training_fails_the_run_and_registers_nothing(workspace: Path, arrests: pd.DataFrame) -> None:
+    retrain(csv_pipeline(workspace, arrests), home=str(workspace))
+    registry = Registry(load_settings(workspace))
+    runs_before = {r.info.run_id for r in registry.client.search_runs([registry.experiment_id("toronto")])}
+    exploding = csv_pipeline(workspace, arrests, **{"train.lr": 10, "train.max_grad_norm": 1e-3, "train.seed": 3})
+    with pytest.raises(TrainingDiverged, match="gradient norm"):
+        retrain(exploding, home=str(workspace))
+    [version] = registry.versions("toronto")  # still only the first one, still champion
+    assert names.CHAMPION in version.aliases
+    [failed] = [
+        r for r in registry.client.search_runs([registry.experiment_id("toronto")]) if r.info.run_id not in runs_before
+    ]
+    assert failed.info.status == "FAILED"
