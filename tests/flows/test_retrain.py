@@ -197,6 +197,11 @@ def test_unreadable_file_stops_at_ingest(workspace: Path, arrests: pd.DataFrame)
         retrain(config, home=str(workspace))
     assert stopped.value.summary.stopped_at == "ingest"
     assert "binary" in stopped.value.summary.reasons[0]
+    # The rejected file is still versioned as it arrived, so it can be inspected later.
+    run = Registry(load_settings(workspace)).client.get_run(stopped.value.summary.mlflow_run_id)
+    raw = (workspace / "incoming.csv").read_bytes()
+    assert run.data.tags[names.TAG_RAW_DATA_VERSION] == hashlib.md5(raw).hexdigest()
+    assert run.info.status == "FAILED"
     assert Registry(load_settings(workspace)).versions("toronto") == []
 
 
