@@ -175,7 +175,9 @@ def _encode(labels: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def _suspects(
     dataset: Dataset, data: DataConfig, rows: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: np.ndarray
 ) -> pd.DataFrame:
-    ranked = cleanlab.filter.find_label_issues(y, proba, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab otherwise forks a multiprocessing pool, and forking a process that
+    # runs threads (Prefect's, a server's) can deadlock the child and hang the run forever.
+    ranked = cleanlab.filter.find_label_issues(y, proba, return_indices_ranked_by="self_confidence", n_jobs=1)
     scores = cleanlab.rank.get_label_quality_scores(y, proba)
     positions = rows[ranked]
     ids = dataset.table[data.id].to_numpy()[positions] if data.id else positions
