@@ -17,6 +17,7 @@ import yaml
 from fastapi.testclient import TestClient
 from rich.console import Console
 from sklego.datasets import load_arrests
+from toronto import toronto_raw
 from typer.testing import CliRunner
 
 from components import names
@@ -68,41 +69,9 @@ def deepgate(monkeypatch: pytest.MonkeyPatch):
 def write_pipeline(workspace: Path, frame: pd.DataFrame, **changes: object) -> Path:
     """The user's files: `incoming.csv` and `good.yaml` (the pipeline of test_retrain's csv_pipeline)."""
     frame.to_csv(workspace / "incoming.csv", index=False)
-    raw = {
-        "name": "toronto",
-        "data": {
-            "source": "csv:incoming.csv",
-            "target": "released",
-            "sensitive": ["colour", "sex"],
-            "positive_label": "Yes",
-        },
-        "train": {
-            "arch": "mlp",
-            "hidden": [16],
-            "class_weight": "balanced",
-            "max_epochs": 2,
-            "batch_size": 64,
-            "lr": 0.01,
-            "seed": 0,
-        },
-        "gates": {
-            "validation": {"min_rows": 100},
-            # Arrests rows repeat by nature (five coarse features): without a time split most
-            # test rows have a twin in training, which is not leakage of this pipeline's making.
-            "labels": {"min_per_class": 10, "max_conflict_fraction": 0.5, "max_leakage_fraction": 1.0},
-            # 2 epochs land anywhere between 0.57 and 0.74 accuracy depending on the initial
-            # weights: a low floor keeps these wiring tests from hinging on it.
-            "evaluation": {"min_accuracy": 0.5, "min_macro_f1": 0.3, "max_regression": 0.05},
-            "bias": {"min_demographic_parity_ratio": 0.5, "min_group_size": 5},
-        },
-    }
-    for dotted, value in changes.items():
-        section, key = dotted.split(".", 1)
-        *parents, leaf = key.split(".")
-        node = raw[section]
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+    # 2 epochs land anywhere between 0.57 and 0.74 accuracy depending on the initial weights:
+    # a low floor keeps these wiring tests from hinging on it.
+    raw = toronto_raw(**{"train.max_epochs": 2, "gates.evaluation.min_accuracy": 0.5, **changes})
     path = workspace / "good.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

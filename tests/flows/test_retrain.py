@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklego.datasets import load_arrests
+from toronto import toronto_raw
 
 import mlflow
 from components import names
@@ -30,32 +31,7 @@ pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 def csv_pipeline(workspace: Path, frame: pd.DataFrame, **overrides: object) -> PipelineConfig:
     """A user's CSV pipeline on `frame`, trained for a few epochs."""
     frame.to_csv(workspace / "incoming.csv", index=False)
-    raw = {
-        "name": "toronto",
-        "data": {
-            "source": "csv:incoming.csv",
-            "target": "released",
-            "sensitive": ["colour", "sex"],
-            "positive_label": "Yes",
-        },
-        "train": {
-            "arch": "mlp",
-            "hidden": [16],
-            "class_weight": "balanced",
-            "max_epochs": 3,
-            "batch_size": 64,
-            "lr": 0.01,
-            "seed": 0,
-        },
-        "gates": {
-            "validation": {"min_rows": 100},
-            # Arrests rows repeat by nature (five coarse features): without a time split most
-            # test rows have a twin in training, which is not leakage of this pipeline's making.
-            "labels": {"min_per_class": 10, "max_conflict_fraction": 0.5, "max_leakage_fraction": 1.0},
-            "evaluation": {"min_accuracy": 0.6, "min_macro_f1": 0.3, "max_regression": 0.05},
-            "bias": {"min_demographic_parity_ratio": 0.5, "min_group_size": 5},
-        },
-    }
+    raw = toronto_raw()
     return build_config(raw, [f"{k}={v}" for k, v in overrides.items()])
 
 
