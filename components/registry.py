@@ -14,10 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components import names
 from components.settings import Settings
+
+if TYPE_CHECKING:
+    from components.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +244,22 @@ class Registry:
             return name, str(self.client.get_model_version(name, version).version)
         except MlflowException as error:
             raise ValueError(f"{uri}: no such registered model version ({error.message})") from None
+
+    def load_predictor(self, reference: str) -> tuple[Predictor, str]:
+        """Load a model package by `models:/NAME@ALIAS`, `models:/NAME/VERSION` or folder path.
+
+        Returns:
+            The predictor and the exact reference it came from (a version, never an alias),
+            for lineage.
+        """
+        from components.predictor import Predictor
+
+        folder = Path(reference)
+        if folder.is_dir():
+            return Predictor.load(folder), str(folder)
+        name, version = self.resolve(reference)
+        with self.package_of(name, version) as package:
+            return Predictor.load(package), f"models:/{name}/{version}"
 
     @contextmanager
     def package(self, pipeline: str, version: str) -> Iterator[Path]:

@@ -116,7 +116,7 @@ def run(
             err.print(f"[red]error in pipeline {cfg.name}:[/red] {error}", highlight=False)
             codes.append(EXIT_ERROR)
     if as_json:
-        console.print_json(json.dumps([s.to_dict() for s in summaries]))
+        print(json.dumps([s.to_dict() for s in summaries], indent=2))  # plain: rich would wrap long strings
     else:
         _print_summaries(summaries)
     raise typer.Exit(EXIT_ERROR if EXIT_ERROR in codes else max(codes, default=EXIT_OK))
@@ -266,7 +266,7 @@ def status(
             )
         report[name] = rows
     if as_json:
-        console.print_json(json.dumps(report))
+        print(json.dumps(report, indent=2))  # plain: rich would wrap long strings
         return
     for name, rows in report.items():
         table = Table(title=f"{name} ({names.registered_model_name(name)})")

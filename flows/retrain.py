@@ -148,17 +148,10 @@ def base_model(
     """The model training starts from (transfer: `train.base_model`; warm start: the champion)."""
     train_cfg = config.train
     if train_cfg.init == "warm_start" and champion is not None:
-        name = names.registered_model_name(config.name)
-        with registry.package(config.name, champion.version) as package:
-            return Predictor.load(package), f"models:/{name}/{champion.version}"
-    if train_cfg.init != "transfer" or train_cfg.base_model is None:
-        return None, ""
-    folder = Path(train_cfg.base_model)
-    if folder.is_dir():
-        return Predictor.load(folder), str(folder)
-    name, version = registry.resolve(train_cfg.base_model)
-    with registry.package_of(name, version) as package:
-        return Predictor.load(package), f"models:/{name}/{version}"
+        return registry.load_predictor(f"models:/{names.registered_model_name(config.name)}/{champion.version}")
+    if train_cfg.init == "transfer" and train_cfg.base_model is not None:
+        return registry.load_predictor(train_cfg.base_model)
+    return None, ""
 
 
 @_task(name="train")

@@ -101,6 +101,11 @@ def test_first_run_promotes_with_full_lineage_then_skips(
         expected = Predictor.load(package).predict_proba(rows)
     np.testing.assert_allclose(pyfunc.predict(rows).to_numpy(), expected, rtol=0, atol=1e-6)
 
+    # A base for transfer learning resolves an alias to the exact version it came from.
+    base, reference = registry.load_predictor(f"models:/{names.registered_model_name('toronto')}@champion")
+    assert reference == "models:/deepgate-toronto/1"
+    assert base.classes == ["No", "Yes"]
+
     # Same data, code and config: nothing is trained and nothing registered.
     again = retrain(config, home=str(workspace))
     assert again.outcome == "up_to_date"
