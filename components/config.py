@@ -139,6 +139,12 @@ class TrainConfig(_Strict):
     seed: int = 0
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(
+        1, gt=0, description="Processes on this machine (GPUs, or CPU processes); above 1 the fit runs DDP."
+    )
+    precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed on a GPU that supports it, else 32-true."
+    )
     limit_train_batches: int | float | None = Field(
         None, description="Clamp batches per epoch (tests and smoke runs only)."
     )

@@ -33,6 +33,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +48,7 @@ from lightning.fabric import Fabric
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn import functional as F
@@ -197,11 +199,20 @@ class _EpochOrder:
 
     It remembers its generator's state from before the current epoch's permutation: a resumed
     fit restores that state, draws the same permutation and skips the batches already done.
+
+    Under DDP every process draws the same permutation (same seed) and takes every
+    `world`-th batch of it, starting at its `rank`: an optimizer step then sees `world`
+    different batches. A process short of a batch at the end of the epoch wraps around to the
+    first ones, as ``DistributedSampler`` pads, so that all take the same number of steps
+    (a process waiting for a gradient that never comes would hang the others).
     """
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int, limit: int | float | None) -> None:
-        self.n_rows, self.batch_size = n_rows, batch_size
+    def __init__(
+        self, n_rows: int, batch_size: int, seed: int, limit: int | float | None, rank: int = 0, world: int = 1
+    ) -> None:
+        self.n_rows, self.batch_size, self.rank, self.world = n_rows, batch_size, rank, world
         self.n_batches = _limit_batches(math.ceil(n_rows / batch_size), limit)
+        self.n_steps = math.ceil(self.n_batches / world)  # optimizer steps per epoch
         self.generator = torch.Generator().manual_seed(seed)
         self._start = self.generator.get_state()
         self._perm: torch.Tensor | None = None
@@ -221,9 +232,10 @@ class _EpochOrder:
         return self._perm is not None
 
     def batches(self, skip: int) -> Iterator[torch.Tensor]:
-        """Row indices of each batch of the epoch, from batch `skip` on."""
+        """Row indices of this process's batch for each step of the epoch, from step `skip` on."""
         assert self._perm is not None, "begin() the epoch first"
-        for index in range(skip, self.n_batches):
+        for step in range(skip, self.n_steps):
+            index = (step * self.world + self.rank) % self.n_batches
             yield self._perm[index * self.batch_size : (index + 1) * self.batch_size]
 
     def state(self) -> torch.Tensor:
@@ -381,15 +393,20 @@ def _by_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, to
     return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
 
 
-def _clip_gradients(fabric: Fabric, module: nn.Module, optimizer: torch.optim.Optimizer, clip: float | None) -> float:
+def _clip_gradients(params: list[nn.Parameter], clip: float | None) -> float:
     """Clip the gradients to norm `clip` (None: leave them); return their norm before clipping.
 
     The norm is the one from before clipping so that clipping cannot hide a blow-up from the
-    divergence guard. Without `clip` the norm is measured with ``max_norm=inf``, which scales
-    the gradients by exactly 1.
+    divergence guard. Without `clip` the norm is only measured: scaling every gradient by 1
+    (``clip_grad_norm_`` with an infinite bound) cost a quarter of a small MLP's step.
+    No precision in use scales the loss (bf16 needs no scaler), so the gradients are read as is.
     """
-    norm = fabric.clip_gradients(module, optimizer, max_norm=clip or math.inf, error_if_nonfinite=False)
-    return float(norm) if norm is not None else 0.0
+    grads = [param.grad for param in params if param.grad is not None]
+    if not grads:
+        return 0.0
+    if clip is None:
+        return float(torch.nn.utils.get_total_norm(grads))
+    return float(torch.nn.utils.clip_grad_norm_(params, clip, error_if_nonfinite=False))
 
 
 class _Fit:
@@ -405,14 +422,20 @@ class _Fit:
         on_epoch_end: EpochCallback | None,
         progress: bool,
     ) -> None:
-        self.fabric, self.cfg, self.train, self.val = fabric, cfg, train, val
-        self.on_epoch_end, self.progress = on_epoch_end, progress
+        self.fabric, self.cfg = fabric, cfg
+        # The data sit in memory already; moved to the device once, not batch by batch.
+        self.train, self.val = fabric.to_device(train), fabric.to_device(val)
+        self.lead = fabric.global_rank == 0  # the one process that reports and checkpoints
+        self.on_epoch_end, self.progress = on_epoch_end, progress and self.lead
         config = module.configure_optimizers()
         self.scheduler = config["lr_scheduler"]["scheduler"]  # type: ignore[index]
         self.net = module.net
+        self.params = list(self.net.parameters())
         self.module, self.optimizer = fabric.setup(module, config["optimizer"])
         self.loss = module.loss
-        self.order = _EpochOrder(len(train[0]), cfg.batch_size, cfg.seed, cfg.limit_train_batches)
+        self.order = _EpochOrder(
+            len(train[0]), cfg.batch_size, cfg.seed, cfg.limit_train_batches, fabric.global_rank, fabric.world_size
+        )
         self.state = _FitState()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.path: Path | None = None
@@ -425,7 +448,6 @@ class _Fit:
         while not self.state.stopped and self.state.epoch < self.cfg.max_epochs:
             if not self.order.in_epoch:
                 self.order.begin()
-            self._freeze_backbone()
             self._train_batches()
             self._end_epoch()
 
@@ -440,20 +462,34 @@ class _Fit:
         trainable = after is not None and self.state.epoch >= after
         for param in backbone.parameters():
             param.requires_grad_(trainable)
+        if not trainable:
+            # A frozen backbone must also keep its normalisation statistics: in train mode
+            # BatchNorm would normalise by the statistics of a few-shot batch and overwrite the
+            # running ones the base learnt on thousands of images. Dropout stays on.
+            for layer in backbone.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
 
     def _train_batches(self) -> None:
         state, (inputs, labels) = self.state, self.train
         every = self.cfg.checkpoint_every_n_steps
         self.module.train()
+        self._freeze_backbone()
+        distributed = self.fabric.world_size > 1
         for index in self.order.batches(skip=state.batch):
-            batch_inputs, batch_labels = self.fabric.to_device((inputs[index], labels[index]))
-            loss = self.loss(self.module(batch_inputs), batch_labels)
+            batch_labels = labels[index]
+            loss = self.loss(self.module(inputs[index]), batch_labels)
             value = float(loss.detach())
             where = f"at epoch {state.epoch}, step {state.step + 1}"
-            if not math.isfinite(value):
+            # Under DDP every process must reach backward (its gradient all-reduce) or the
+            # others wait forever; a NaN loss in one process then shows in every process's
+            # gradient norm, so all of them stop at the same step.
+            if not distributed and not math.isfinite(value):
                 raise TrainingDiverged(f"loss became {value} {where}")
             self.optimizer.zero_grad(set_to_none=True)
             self.fabric.backward(loss)
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss became {value} {where}")
             self._guard_and_clip(where)
             self.optimizer.step()
             state.step, state.batch = state.step + 1, state.batch + 1
@@ -462,7 +498,7 @@ class _Fit:
                 self._checkpoint()
 
     def _guard_and_clip(self, where: str) -> None:
-        norm = _clip_gradients(self.fabric, self.module, self.optimizer, self.cfg.gradient_clip_val)
+        norm = _clip_gradients(self.params, self.cfg.gradient_clip_val)
         if not norm <= self.cfg.max_grad_norm:  # also catches NaN
             raise TrainingDiverged(f"gradient norm {norm:.2g} above {self.cfg.max_grad_norm:.2g} {where}")
 
@@ -472,11 +508,16 @@ class _Fit:
         self.scheduler.step()
         self.order.end()
         val_loss, val_accuracy = self._validate()
+        if self.fabric.world_size > 1:
+            # BatchNorm statistics differ a little between processes (each updates them on its
+            # own batches), so their validation losses can too: all follow the first process's,
+            # or they could disagree on stopping and leave one waiting for the others forever.
+            val_loss, val_accuracy = self.fabric.broadcast((val_loss, val_accuracy), src=0)
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"validation loss became {val_loss} at epoch {state.epoch}")
         record = {
             "epoch": state.epoch,
-            "train_loss": state.loss_sum / state.rows,
+            "train_loss": self._epoch_train_loss(),
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
             "lr": lr,
@@ -487,9 +528,18 @@ class _Fit:
         state.stopped = state.wait >= self.cfg.patience and state.epoch >= self.cfg.min_epochs
         if self.progress:
             print(_progress_line(record, self.cfg.max_epochs), file=sys.stderr)
-        if self.on_epoch_end is not None:
+        if self.on_epoch_end is not None and self.lead:
             self.on_epoch_end(record)
         self._checkpoint()
+
+    def _epoch_train_loss(self) -> float:
+        """Row-weighted mean training loss of the epoch, over every process's batches."""
+        state = self.state
+        if self.fabric.world_size == 1:
+            return state.loss_sum / state.rows
+        sums = torch.tensor([state.loss_sum, float(state.rows)], dtype=torch.float64, device=self.fabric.device)
+        total, rows = self.fabric.all_reduce(sums, reduce_op="sum").tolist()
+        return total / rows
 
     def _early_stopping(self, val_loss: float) -> None:
         state = self.state
@@ -505,7 +555,7 @@ class _Fit:
         self.module.eval()
         with torch.inference_mode():
             for start in range(0, len(labels), size):
-                batch = self.fabric.to_device((inputs[start : start + size], labels[start : start + size]))
+                batch = (inputs[start : start + size], labels[start : start + size])
                 logits = self.module(batch[0])
                 loss_sum += float(self.loss(logits, batch[1])) * len(batch[1])
                 correct += int((logits.argmax(dim=1) == batch[1]).sum())
@@ -517,7 +567,7 @@ class _Fit:
         """Checkpoint into `checkpoint_dir`; resume from its checkpoint when it is this fit's."""
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.path, self.fingerprint = checkpoint_dir / CHECKPOINT_NAME, fingerprint
-        for stale in checkpoint_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+        for stale in checkpoint_dir.glob(f".{CHECKPOINT_NAME}.*.tmp") if self.lead else ():
             stale.unlink(missing_ok=True)  # a write cut short by a crash
         loaded = _read_checkpoint(self.path)
         if loaded is None:
@@ -535,7 +585,8 @@ class _Fit:
         return position
 
     def _checkpoint(self) -> None:
-        if self.path is None:
+        # Under DDP the weights and optimizer state are the same in every process: one writes.
+        if self.path is None or not self.lead:
             return
         tensors = {f"model/{k}": v for k, v in _cpu_copy(self.net.state_dict()).items()}
         if self.best_state is not None:
@@ -658,40 +709,155 @@ def train_model(
             `cfg.max_grad_norm`.
     """
     train_tensors, val_tensors = _tensors(train, "training"), _tensors(val, "validation")
-    seed_everything(cfg.seed, verbose=False)
-    weights = balanced_class_weights(train[1], _n_outputs(net, train[0])) if cfg.class_weight == "balanced" else None
     fingerprint = fit_fingerprint(net, train, val, cfg) if checkpoint_dir is not None else ""
-    lr_mult = {"backbone": cfg.backbone_lr_mult} if cfg.init == "transfer" else None
-    module = ClassifierModule(net, cfg.lr, cfg.weight_decay, cfg.schedule, cfg.max_epochs, weights, lr_mult)
     accelerator = _accelerator(cfg.accelerator)
+    precision = _precision(cfg.precision, accelerator)
     # Some CUDA kernels (max-pool backward) have no deterministic variant.
     with _fit_environment(deterministic=accelerator == "cpu"):
-        fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")
-        fit = _Fit(fabric, module, train_tensors, val_tensors, cfg, on_epoch_end, progress)
-        resumed_from = fit.use_checkpoints(Path(checkpoint_dir), fingerprint) if checkpoint_dir is not None else None
-        start = time.perf_counter()
-        fit.run()
-        fit_seconds = time.perf_counter() - start
-    return _result(fit, str(fabric.device), fit_seconds, resumed_from)
-
-
-def _result(fit: _Fit, device: str, fit_seconds: float, resumed_from: dict[str, int] | None) -> TrainResult:
-    net, state = fit.net, fit.state
+        if cfg.devices == 1:
+            fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)  # type: ignore[arg-type]
+            outcome = _fit_here(
+                fabric, net, train_tensors, val_tensors, cfg, on_epoch_end, progress, checkpoint_dir, fingerprint
+            )
+        else:
+            outcome = _fit_distributed(
+                net,
+                train_tensors,
+                val_tensors,
+                cfg,
+                accelerator,
+                precision,
+                on_epoch_end,
+                progress,
+                checkpoint_dir,
+                fingerprint,
+            )
+    if "diverged" in outcome:
+        raise TrainingDiverged(outcome["diverged"])
     net.to("cpu")
-    if fit.best_state is not None:
-        net.load_state_dict(fit.best_state)
+    net.load_state_dict(safetensors_load(outcome.pop("weights")))
     net.eval()
+    return TrainResult(model=net, **outcome)
+
+
+def _fit_here(
+    fabric: Fabric,
+    net: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    on_epoch_end: EpochCallback | None,
+    progress: bool,
+    checkpoint_dir: Path | None,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Run the fit in this process (one of several under DDP); return its outcome as plain data.
+
+    The outcome holds either ``diverged`` (the reason) or ``weights`` (the best state dict as
+    safetensors bytes) and the other fields of :class:`TrainResult`: plain data, so that it can cross from a
+    DDP worker back to the parent.
+    """
+    seed_everything(cfg.seed, verbose=False)
+    weights = None
+    if cfg.class_weight == "balanced":
+        weights = balanced_class_weights(train[1].numpy(), _n_outputs(net, train[0][:1].numpy()))
+    lr_mult = {"backbone": cfg.backbone_lr_mult} if cfg.init == "transfer" else None
+    module = ClassifierModule(net, cfg.lr, cfg.weight_decay, cfg.schedule, cfg.max_epochs, weights, lr_mult)
+    fit = _Fit(fabric, module, train, val, cfg, on_epoch_end, progress)
+    resumed_from = fit.use_checkpoints(Path(checkpoint_dir), fingerprint) if checkpoint_dir is not None else None
+    start = time.perf_counter()
+    try:
+        fit.run()
+    except TrainingDiverged as error:
+        if fabric.world_size == 1:
+            raise
+        # Returned, not raised: an exception in a worker reaches the parent as a generic
+        # ProcessRaisedException with the traceback flattened into a string.
+        return {"diverged": str(error)}
+    fit_seconds = time.perf_counter() - start
+    state = fit.state
     epochs_run = len(state.history)
-    return TrainResult(
-        model=net,
-        history=state.history,
-        best_epoch=state.best_epoch if state.best_epoch is not None else epochs_run - 1,
-        epochs_run=epochs_run,
-        stopped_early=epochs_run < fit.cfg.max_epochs,
-        device=device,
-        fit_seconds=fit_seconds,
-        resumed_from=resumed_from,
-    )
+    best = fit.best_state if fit.best_state is not None else _cpu_copy(fit.net.state_dict())
+    return {
+        # As safetensors bytes: a tensor sent through a multiprocessing queue travels as a
+        # shared-memory handle, which dies with the worker before the parent can read it.
+        "weights": safetensors_bytes(best),
+        "history": state.history,
+        "best_epoch": state.best_epoch if state.best_epoch is not None else epochs_run - 1,
+        "epochs_run": epochs_run,
+        "stopped_early": epochs_run < cfg.max_epochs,
+        "device": str(fabric.device),
+        "fit_seconds": fit_seconds,
+        "resumed_from": resumed_from,
+    }
+
+
+def _ddp_worker(
+    fabric: Fabric,
+    net: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    progress: bool,
+    checkpoint_dir: Path | None,
+    fingerprint: str,
+    records: Any,
+) -> dict[str, Any]:
+    """The fit in one DDP process; the first process sends each epoch's record to the parent."""
+    with _fit_environment(deterministic=fabric.device.type == "cpu"):
+        return _fit_here(fabric, net, train, val, cfg, records.put, progress, checkpoint_dir, fingerprint)
+
+
+def _fit_distributed(
+    net: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    accelerator: str,
+    precision: str,
+    on_epoch_end: EpochCallback | None,
+    progress: bool,
+    checkpoint_dir: Path | None,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Fit with DDP over `cfg.devices` processes spawned from this one (gloo on CPU, NCCL on GPUs).
+
+    Spawned, not forked: forking a process that runs threads (Prefect's, a server's) can
+    deadlock the child. Only this process talks to MLflow: the first worker sends each epoch's
+    record through a queue and a thread here hands it to `on_epoch_end`, so the callback runs
+    once per epoch, in the process that owns the run.
+    """
+    fabric = Fabric(accelerator=accelerator, devices=cfg.devices, strategy="ddp_spawn", precision=precision)  # type: ignore[arg-type]
+    records = torch.multiprocessing.get_context("spawn").SimpleQueue()
+    failures: list[BaseException] = []
+
+    def relay() -> None:
+        while (record := records.get()) is not None:
+            if on_epoch_end is not None and not failures:
+                try:
+                    on_epoch_end(record)
+                except Exception as error:  # raised here once the workers are done
+                    failures.append(error)
+
+    listener = threading.Thread(target=relay, name="deepgate-ddp-records", daemon=True)
+    listener.start()
+    try:
+        outcome = fabric.launch(_ddp_worker, net, train, val, cfg, progress, checkpoint_dir, fingerprint, records)
+    finally:
+        records.put(None)  # queued after every record of the first worker: it has returned
+        listener.join()
+    if failures:
+        raise failures[0]
+    return outcome
+
+
+def _precision(choice: str, accelerator: str) -> str:
+    """The Fabric precision for `train.precision` on `accelerator` (auto: bf16 where supported)."""
+    if choice != "auto":
+        return choice
+    if accelerator == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
 
 
 def predict_proba(model: nn.Module, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
