@@ -271,3 +271,15 @@ def test_diverging_training_fails_the_run_and_registers_nothing(workspace: Path,
         r for r in registry.client.search_runs([registry.experiment_id("toronto")]) if r.info.run_id not in runs_before
     ]
     assert failed.info.status == "FAILED"
+
+
+def test_ddp_training_reports_one_run_from_one_process(workspace: Path, arrests: pd.DataFrame) -> None:
+    # Two gloo processes train; the flow's process alone talks to MLflow.
+    summary = retrain(csv_pipeline(workspace, arrests, **{"train.devices": 2}), home=str(workspace))
+
+    assert summary.outcome == "promoted", summary.reasons
+    registry = Registry(load_settings(workspace))
+    [run] = registry.client.search_runs([registry.experiment_id("toronto")])  # no duplicate runs
+    assert run.data.params["train.devices"] == "2"
+    assert [m.step for m in registry.client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1, 2]
+    assert summary.metrics["accuracy"] >= 0.6
