@@ -142,6 +142,12 @@ class TrainConfig(_Strict):
     devices: int = Field(
         1, gt=0, description="Processes on this machine (GPUs, or CPU processes); above 1 the fit runs DDP."
     )
+    num_nodes: int = Field(
+        1,
+        gt=0,
+        description="Machines for DDP: this one (node 0, which runs the flow) and num_nodes-1 running "
+        "`deepgate train-worker`.",
+    )
     precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
         "auto", description="auto: bf16-mixed on a GPU that supports it, else 32-true."
     )

@@ -714,7 +714,7 @@ def train_model(
     precision = _precision(cfg.precision, accelerator)
     # Some CUDA kernels (max-pool backward) have no deterministic variant.
     with _fit_environment(deterministic=accelerator == "cpu"):
-        if cfg.devices == 1:
+        if cfg.devices * cfg.num_nodes == 1:
             fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)  # type: ignore[arg-type]
             outcome = _fit_here(
                 fabric, net, train_tensors, val_tensors, cfg, on_epoch_end, progress, checkpoint_dir, fingerprint
@@ -804,8 +804,79 @@ def _ddp_worker(
     records: Any,
 ) -> dict[str, Any]:
     """The fit in one DDP process; the first process sends each epoch's record to the parent."""
+    if fabric.world_size > cfg.devices:
+        # Processes on the other machines (`serve_remote_fits`) start with nothing: the first
+        # process sends them the fit, and the checkpoint to resume from, which is on its disk.
+        checkpoint = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        payload = {
+            "net": net,
+            "train": train,
+            "val": val,
+            "cfg": cfg.model_dump(mode="json"),
+            "fingerprint": fingerprint,
+            "checkpoint": checkpoint.read_bytes() if checkpoint is not None and checkpoint.is_file() else None,
+        }
+        fabric.broadcast(payload if fabric.global_rank == 0 else None, src=0)
     with _fit_environment(deterministic=fabric.device.type == "cpu"):
         return _fit_here(fabric, net, train, val, cfg, records.put, progress, checkpoint_dir, fingerprint)
+
+
+def _remote_worker(fabric: Fabric) -> None:
+    """This machine's processes of a fit that the flow's machine (node 0) leads."""
+    # The process group is ours alone (MASTER_ADDR/MASTER_PORT of our own node 0); what comes
+    # through it is as trusted as the gradients that will.
+    payload = fabric.broadcast(None, src=0)
+    cfg = TrainConfig(**payload["cfg"])
+    with tempfile.TemporaryDirectory(prefix="deepgate-resume-") as folder:
+        checkpoint_dir = None
+        if payload["checkpoint"] is not None:
+            checkpoint_dir = Path(folder)
+            (checkpoint_dir / CHECKPOINT_NAME).write_bytes(payload["checkpoint"])
+        with _fit_environment(deterministic=fabric.device.type == "cpu"):
+            net, train, val, fingerprint = payload["net"], payload["train"], payload["val"], payload["fingerprint"]
+            _fit_here(fabric, net, train, val, cfg, None, False, checkpoint_dir, fingerprint)
+
+
+def serve_remote_fits(
+    accelerator: str = "auto", devices: int = 1, num_nodes: int = 2, precision: str = "auto", once: bool = False
+) -> int:
+    """Take part, from a machine other than the flow's, in the DDP fits the flow launches.
+
+    The flow's machine is node 0 and runs ``deepgate run`` with ``train.num_nodes`` and
+    ``train.devices`` set; each other machine runs this (``deepgate train-worker``) with the
+    same `devices`, `num_nodes` and `accelerator`, and the environment variables
+    ``MASTER_ADDR`` (node 0's address), ``MASTER_PORT`` (the same free port everywhere) and
+    ``NODE_RANK`` (1, 2, ...). Everything else (network, data, settings, checkpoint) comes from
+    node 0 when a fit starts; only node 0 checkpoints and talks to MLflow.
+
+    Args:
+        accelerator: ``auto``, ``cpu`` or ``gpu``, as node 0's `train.accelerator`.
+        devices: Processes (GPUs) on this machine, as `train.devices`.
+        num_nodes: Machines in all, node 0 included, as `train.num_nodes`.
+        precision: As `train.precision`.
+        once: Return after one fit instead of waiting for the next.
+
+    Returns:
+        The number of fits this machine took part in.
+    """
+    if num_nodes < 2:
+        raise ValueError("a train worker needs num_nodes >= 2 (node 0 is the machine that runs the flow)")
+    if int(os.environ.get("NODE_RANK", "0")) < 1:
+        raise ValueError("set NODE_RANK to this machine's rank (1 .. num_nodes-1); node 0 runs the flow")
+    device = _accelerator(accelerator)
+    fits = 0
+    while True:
+        fabric = Fabric(
+            accelerator=device,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy="ddp_spawn",
+            precision=_precision(precision, device),  # type: ignore[arg-type]
+        )
+        fabric.launch(_remote_worker)
+        fits += 1
+        if once:
+            return fits
 
 
 def _fit_distributed(
@@ -822,12 +893,21 @@ def _fit_distributed(
 ) -> dict[str, Any]:
     """Fit with DDP over `cfg.devices` processes spawned from this one (gloo on CPU, NCCL on GPUs).
 
+    With `cfg.num_nodes` above 1 this machine is node 0 and the processes of the others
+    (:func:`serve_remote_fits`) join through ``MASTER_ADDR``/``MASTER_PORT``.
+
     Spawned, not forked: forking a process that runs threads (Prefect's, a server's) can
     deadlock the child. Only this process talks to MLflow: the first worker sends each epoch's
     record through a queue and a thread here hands it to `on_epoch_end`, so the callback runs
     once per epoch, in the process that owns the run.
     """
-    fabric = Fabric(accelerator=accelerator, devices=cfg.devices, strategy="ddp_spawn", precision=precision)  # type: ignore[arg-type]
+    fabric = Fabric(
+        accelerator=accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy="ddp_spawn",
+        precision=precision,  # type: ignore[arg-type]
+    )
     records = torch.multiprocessing.get_context("spawn").SimpleQueue()
     failures: list[BaseException] = []
 

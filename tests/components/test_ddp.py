@@ -6,11 +6,24 @@ one reports and checkpoints, and a divergence in one process stops them all (no 
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from test_training import mlp, mlp_config, separable
 
-from components.training import CHECKPOINT_NAME, TrainingDiverged, _EpochOrder, checkpoint_position, train_model
+from components.training import (
+    CHECKPOINT_NAME,
+    TrainingDiverged,
+    _EpochOrder,
+    checkpoint_position,
+    serve_remote_fits,
+    train_model,
+)
 
 
 def test_the_processes_split_each_epoch_and_take_equal_steps() -> None:
@@ -56,3 +69,44 @@ def test_a_divergence_stops_every_process_with_the_reason() -> None:
     cfg = mlp_config(devices=2, gradient_clip_val=1e-3, max_grad_norm=1e-2)
     with pytest.raises(TrainingDiverged, match=r"^gradient norm .+ above 0\.01 at epoch 0, step 1$"):
         train_model(mlp(), train, val, cfg)
+
+
+def test_a_second_machine_joins_through_the_train_worker(tmp_path, monkeypatch) -> None:
+    # Two "machines" on loopback: this process is node 0 (the flow's), a child process runs
+    # node 1's worker, which receives the fit from node 0 and holds no checkpoint of its own.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = os.environ | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
+    script = "from components.training import serve_remote_fits; print(serve_remote_fits('cpu', 1, 2, once=True))"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0"}.items():
+            monkeypatch.setenv(name, value)
+        train, val = separable(n=400)
+        result = train_model(mlp(), train, val, mlp_config(max_epochs=4, num_nodes=2), checkpoint_dir=tmp_path / "ckpt")
+        output, _ = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, output
+    assert output.strip().splitlines()[-1] == "1"  # the worker took part in one fit
+    assert result.epochs_run == 4
+    assert result.history[-1]["val_accuracy"] >= 0.9
+    assert checkpoint_position(tmp_path / "ckpt") == {"epoch": 4, "batch": 0, "step": 4 * 5}
+    assert not list(tmp_path.glob("*.safetensors"))  # node 1 wrote nothing
+
+
+def test_a_train_worker_refuses_to_be_node_0(monkeypatch) -> None:
+    monkeypatch.setenv("NODE_RANK", "0")
+    with pytest.raises(ValueError, match="NODE_RANK"):
+        serve_remote_fits("cpu", 1, 2, once=True)
+    with pytest.raises(ValueError, match="num_nodes >= 2"):
+        serve_remote_fits("cpu", 1, 1, once=True)
