@@ -312,6 +312,37 @@ def serve(
     run_server(create_app(loader, pipeline=pipeline, poll_seconds=poll), host=host, port=port)
 
 
+@app.command("train-worker")
+def train_worker(
+    devices: Annotated[int, typer.Option(help="Processes (GPUs) on this machine, as node 0's train.devices.")] = 1,
+    num_nodes: Annotated[int, typer.Option(help="Machines in all, node 0 included, as train.num_nodes.")] = 2,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu, as train.accelerator.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, 32-true or bf16-mixed, as train.precision.")] = "auto",
+    once: Annotated[bool, typer.Option("--once", help="Leave after one fit.")] = False,
+) -> None:
+    """Lend this machine to multi-node training: wait for fits that node 0's flow launches.
+
+    Needs MASTER_ADDR and MASTER_PORT (node 0's address and port) and NODE_RANK (1, 2, ...).
+    """
+    from components.training import serve_remote_fits
+
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if not os.environ.get(name)]
+    if missing:
+        err.print(f"[red]error:[/red] train-worker needs {', '.join(missing)} set", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+    console.print(
+        f"node {os.environ['NODE_RANK']} of {num_nodes}: waiting for fits from "
+        f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({devices} process(es) here)",
+        highlight=False,
+    )
+    try:
+        fits = serve_remote_fits(accelerator, devices, num_nodes, precision, once=once)
+    except ValueError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    console.print(f"took part in {fits} fit(s)", highlight=False)
+
+
 def champion_loader(registry: Any, pipeline: str, cache: Path) -> Any:
     """A loader for the serving app: the current @champion, downloaded once per version."""
     from components.predictor import Predictor
