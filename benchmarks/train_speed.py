@@ -19,7 +19,8 @@ early-stopping patience is set above the epoch count so that every run trains ev
   step, a validation pass under `torch.inference_mode` computing the row-weighted val loss
   and accuracy, early-stopping bookkeeping and a CPU copy of the best weights, all under
   `torch.use_deterministic_algorithms(True)`. Matching histories and weights ("bit-identical")
-  show that both did the same arithmetic.
+  show that both did the same arithmetic. (It also takes a device and an autocast dtype:
+  `gpu_train.py` runs it on a GPU.)
 
 They run alternately in one process (L, P, L, P, ...), after one untimed warm-up epoch each.
 An epoch's time runs from one epoch's end to the next (both report each epoch at the same
@@ -76,6 +77,7 @@ from components.split import split_dataset
 from components.training import ClassifierModule, balanced_class_weights, train_model
 
 TARGET_RATIO = 1.15
+CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent
 console = Console(width=None if sys.stdout.isatty() else 130)
 Split = tuple[np.ndarray, np.ndarray]
@@ -156,15 +158,28 @@ def _tensors(data: Split) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)), torch.from_numpy(labels)
 
 
-def _validate(net: nn.Module, val: Split, batch_size: int, weights: torch.Tensor | None) -> tuple[float, float]:
-    inputs, labels = _tensors(val)
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision as Fabric's `bf16-mixed` applies it; nothing when `amp_dtype` is None."""
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+
+def _validate(
+    net: nn.Module,
+    val: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+    weights: torch.Tensor | None,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
+    inputs, labels = val
     loss_sum, correct = 0.0, 0
     net.eval()
     with torch.inference_mode():
         for start in range(0, len(labels), batch_size):
             batch, truth = inputs[start : start + batch_size], labels[start : start + batch_size]
-            logits = net(batch)
-            loss_sum += float(F.cross_entropy(logits, truth, weight=weights)) * len(truth)
+            with _autocast(inputs.device, amp_dtype):
+                logits = net(batch)
+                loss = F.cross_entropy(logits, truth, weight=weights)
+            loss_sum += float(loss) * len(truth)
             correct += int((logits.argmax(dim=1) == truth).sum())
     return loss_sum / len(labels), correct / len(labels)
 
@@ -183,11 +198,14 @@ def plain_fit(
     cfg: TrainConfig,
     on_epoch_end: EpochHook,
     grad_norm: Literal["none", "clip", "measure"] = "none",
+    device: torch.device = CPU,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[dict]:
     """train_model's work in plain PyTorch: same seeding, batches, loss, optimizer and schedule.
 
     Batches are cut from the in-memory tensors by a seeded permutation per epoch, as
-    train_model cuts them, so that both fits see the same rows in the same order.
+    train_model cuts them, so that both fits see the same rows in the same order; like
+    train_model, the data are moved to `device` once, before the first epoch.
 
     Args:
         net: The network, trained in place.
@@ -198,9 +216,14 @@ def plain_fit(
         grad_norm: Also read the gradient norm each step, as train_model's divergence guard
             does: `clip` by ``clip_grad_norm_(max_norm=inf)`` (a norm and a multiply by 1),
             `measure` by ``get_total_norm`` alone; `none` (the default) skips it.
+        device: Where to train; deterministic kernels on CPU only, as train_model (some CUDA
+            kernels, max-pool backward, have no deterministic variant).
+        amp_dtype: Run forward passes and the loss under ``torch.autocast`` with this dtype
+            (``torch.bfloat16`` for `bf16-mixed`); None trains in float32.
 
     Returns:
-        One history record per epoch, in train_model's format; `net` ends with its best weights.
+        One history record per epoch, in train_model's format; `net` ends on CPU with its
+        best weights.
     """
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -209,20 +232,23 @@ def plain_fit(
     if cfg.class_weight == "balanced":
         with torch.no_grad():
             n_classes = net.eval()(torch.as_tensor(train[0][:1])).shape[-1]
-        weights = balanced_class_weights(train[1], n_classes)
-    inputs, labels = _tensors(train)
+        weights = balanced_class_weights(train[1], n_classes).to(device)
+    net.to(device)
+    inputs, labels = (tensor.to(device) for tensor in _tensors(train))
+    val_tensors = tuple(tensor.to(device) for tensor in _tensors(val))
     order = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.max_epochs)
     history: list[dict] = []
     best_loss, best_state, waited = float("inf"), None, 0
-    with _deterministic():
+    with _deterministic() if device.type == "cpu" else contextlib.nullcontext():
         for epoch in range(cfg.max_epochs):
             lr = float(optimizer.param_groups[0]["lr"])
             net.train()
             loss_sum, rows = 0.0, 0
             for index in torch.randperm(len(labels), generator=order).split(cfg.batch_size):
-                loss = F.cross_entropy(net(inputs[index]), labels[index], weight=weights)
+                with _autocast(device, amp_dtype):
+                    loss = F.cross_entropy(net(inputs[index]), labels[index], weight=weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_norm != "none":
@@ -230,7 +256,7 @@ def plain_fit(
                 optimizer.step()
                 loss_sum, rows = loss_sum + float(loss.detach()) * len(index), rows + len(index)
             scheduler.step()
-            val_loss, val_accuracy = _validate(net, val, cfg.batch_size, weights)
+            val_loss, val_accuracy = _validate(net, val_tensors, cfg.batch_size, weights, amp_dtype)
             if val_loss < best_loss:
                 best_loss, waited = val_loss, 0
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
@@ -247,6 +273,7 @@ def plain_fit(
             on_epoch_end(record)
             if waited >= cfg.patience and epoch + 1 >= cfg.min_epochs:
                 break
+    net.to("cpu")
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
