@@ -166,6 +166,8 @@ class TrainResult:
         fit_seconds: Wall time of the fit (of this call only, when resumed).
         resumed_from: The checkpoint position this call continued from: `epoch` (0-based, the
             epoch then in progress) and `step` (optimizer steps already done); None if fresh.
+        precision: Lightning's precision of the fit, e.g. `32-true` or `bf16-mixed`.
+        processes: DDP processes over all machines (1: no DDP).
     """
 
     model: nn.Module
@@ -176,6 +178,8 @@ class TrainResult:
     device: str
     fit_seconds: float
     resumed_from: dict[str, int] | None = None
+    precision: str = "32-true"
+    processes: int = 1
 
 
 @dataclass
@@ -789,6 +793,8 @@ def _fit_here(
         "device": str(fabric.device),
         "fit_seconds": fit_seconds,
         "resumed_from": resumed_from,
+        "precision": str(fabric.strategy.precision.precision),
+        "processes": fabric.world_size,
     }
 
 

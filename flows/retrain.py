@@ -453,7 +453,17 @@ def _retrain(
         # Keyed by the run's fingerprint: a killed run of the same data, code and config resumes.
         checkpoints = settings.home / ".deepgate" / "checkpoints" / config.name / identity
         candidate = train(dataset, indices, config, lineage, base, checkpoints)
-    for row in candidate.result.history:
+    fit = candidate.result
+    resumed = fit.resumed_from
+    registry.set_run_tags(
+        run_id,
+        {
+            names.TAG_TRAIN_DEVICE: f"{fit.device} x{fit.processes} ({fit.precision})",
+            names.TAG_RESUMED_FROM: f"epoch {resumed['epoch']} step {resumed['step']}" if resumed else "-",
+        },
+    )
+    registry.log_metrics(run_id, {"train.fit_seconds": fit.fit_seconds, "train.epochs_run": fit.epochs_run})
+    for row in fit.history:
         registry.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     registry.log_figure(run_id, plot_learning_curves(candidate.result.history), "plots/learning_curves.png")
 

@@ -16,7 +16,7 @@ from sklego.datasets import load_arrests
 from toronto import toronto_raw
 
 import mlflow
-from components import names
+from components import names, training
 from components.config import PipelineConfig, build_config
 from components.predictor import Predictor
 from components.registry import Registry
@@ -281,5 +281,37 @@ def test_ddp_training_reports_one_run_from_one_process(workspace: Path, arrests:
     registry = Registry(load_settings(workspace))
     [run] = registry.client.search_runs([registry.experiment_id("toronto")])  # no duplicate runs
     assert run.data.params["train.devices"] == "2"
+    assert run.data.tags[names.TAG_TRAIN_DEVICE] == "cpu x2 (32-true)"
     assert [m.step for m in registry.client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1, 2]
     assert summary.metrics["accuracy"] >= 0.6
+
+
+def test_a_run_that_died_in_training_is_resumed_by_the_next(
+    workspace: Path, arrests: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first run dies right after the checkpoint of its second epoch (a crash, as far as the
+    # flow can tell); the same pipeline run again continues from there, not from scratch.
+    config = csv_pipeline(workspace, arrests)
+    original = training._Fit._checkpoint
+
+    def crash_after_epoch_2(fit: training._Fit) -> None:
+        original(fit)
+        if fit.state.epoch == 2 and fit.state.batch == 0:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(training._Fit, "_checkpoint", crash_after_epoch_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        retrain(config, home=str(workspace))
+    monkeypatch.setattr(training._Fit, "_checkpoint", original)
+
+    summary = retrain(config, home=str(workspace))
+    assert summary.outcome == "promoted", summary.reasons
+    registry = Registry(load_settings(workspace))
+    [version] = registry.versions("toronto")
+    run = registry.client.get_run(version.run_id)
+    steps = run.data.tags[names.TAG_RESUMED_FROM]
+    assert steps.startswith("epoch 2 step ")
+    assert run.data.tags[names.TAG_TRAIN_DEVICE] == "cpu x1 (32-true)"
+    assert run.data.metrics["train.epochs_run"] == 3  # all three epochs in its history
+    # Finished: the checkpoint is gone, so a later run of other data cannot trip over it.
+    assert not list((workspace / ".deepgate" / "checkpoints" / "toronto").glob("*/last.safetensors"))
