@@ -251,11 +251,47 @@ class EvaluationGate(_Strict):
 
 
 class BiasGate(_Strict):
-    """Fairness thresholds on every sensitive column."""
+    """Fairness thresholds on every sensitive column and every pair of them (components/bias.py).
 
-    min_demographic_parity_ratio: float | None = Field(0.8, ge=0, le=1)
-    max_equalized_odds_difference: float | None = Field(None, ge=0, le=1)
+    Thresholds apply to the point estimates on the test rows; the bootstrap intervals are
+    reported beside them. A threshold left empty fails closed, except
+    `max_equalized_odds_difference`, where None means "reported, not checked".
+    """
+
+    min_demographic_parity_ratio: float | None = Field(
+        0.8, ge=0, le=1, description="Floor on lowest / highest group selection rate (0.8: the four-fifths rule)."
+    )
+    max_equalized_odds_difference: float | None = Field(
+        None, ge=0, le=1, description="Ceiling on the largest TPR or FPR gap between groups (None: not checked)."
+    )
+    max_fairness_regression: float | None = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest allowed fall of the demographic-parity ratio (and rise of the equalized-odds "
+        "difference, when that is checked) against the champion on the same test rows.",
+    )
     min_group_size: int = Field(20, gt=0, description="Groups with fewer test rows are reported as too small to judge.")
+    intersections: bool = Field(True, description="Also audit every pair of sensitive columns (e.g. colour x sex).")
+    n_bootstrap: int = Field(
+        1000, ge=0, le=100_000, description="Bootstrap resamples of the test rows for the intervals (0: no intervals)."
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Coverage of the bootstrap percentile intervals.")
+    seed: int = Field(0, description="Seeds the bootstrap and the randomised predictions of a threshold optimizer.")
+    mitigation: Literal["none", "threshold_optimizer"] = Field(
+        "none",
+        description="threshold_optimizer: also report Fairlearn's ThresholdOptimizer (demographic parity, fitted on "
+        "the validation split) beside the model; the gate still judges the model as served.",
+    )
+
+    @field_validator("n_bootstrap")
+    @classmethod
+    def _enough_resamples(cls, value: int) -> int:
+        # The tails of a few dozen resamples are a handful of values: no interval at all is
+        # more honest than one that looks precise.
+        if 0 < value < 100:
+            raise ValueError(f"use 0 (no intervals) or at least 100 resamples, not {value}")
+        return value
 
 
 class GatesConfig(_Strict):
