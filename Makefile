@@ -7,13 +7,16 @@ VENV   ?= .venv
 # A CPU build of torch by default: small, and what the tests ran with. Installed before the
 # project so that no dependency drags in a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# `make tune`: which pipeline, and how many trials.
+PIPELINE ?= arrests
+TRIALS   ?= 20
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
 export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run transfer test test-fast lint format bench status serve ui clean
+.PHONY: help install dev run transfer tune test test-fast lint format bench status serve ui clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +45,9 @@ run: install ## Retrain the bundled pipelines (arrests, mnist) through every gat
 
 transfer: install ## The transfer-learning showcase: mnist-base (digits 0-4), then mnist-transfer (5-9, 10 labels/class)
 	$(BIN)/deepgate run mnist-base mnist-transfer
+
+tune: install ## Optuna search of PIPELINE's hyperparameters (TRIALS trials) -> tuned/PIPELINE.yaml
+	$(BIN)/deepgate tune $(PIPELINE) --trials $(TRIALS)
 
 test: dev ## Run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest

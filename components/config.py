@@ -2,14 +2,16 @@
 
 A pipeline is one YAML mapping validated by :class:`PipelineConfig`. The bundled pipelines live
 in `params.yaml` under `pipelines:`; a user's own pipeline is a file of the same shape passed
-with `deepgate run --config FILE.yaml`. A bad value fails at load with a message naming the
-field, e.g. ``train.dropout: Input should be less than 1``.
+with `deepgate run --config FILE.yaml`. Override files (`--overrides tuned/arrests.yaml`, as
+`deepgate tune` writes them) apply before `--set key=value`. A bad value fails at load with a
+message naming the field, e.g. ``train.dropout: Input should be less than 1``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -304,8 +306,172 @@ class GatesConfig(_Strict):
     bias: BiasGate = Field(default_factory=BiasGate)
 
 
+class FloatRange(_Strict):
+    """A float drawn from [low, high]: uniformly, or log-uniformly with `log: true`."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = Field(False, description="Draw log-uniformly (for rates and decays spanning decades).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """The values that bound the range (checked against the training config at load)."""
+        return [self.low, self.high]
+
+
+class IntRange(_Strict):
+    """An integer drawn from low, low + step, ..., high (log-uniformly with `log: true`)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError("a log range of integers needs low >= 1 and step 1")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """The values that bound the range (checked against the training config at load)."""
+        return [self.low, self.high]
+
+
+class Choice(_Strict):
+    """One of a list of values: numbers, strings, or lists (e.g. hidden widths `[64, 32]`)."""
+
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, choices: list[Any]) -> list[Any]:
+        keys = [json.dumps(c, sort_keys=True) for c in choices]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"choices repeat {', '.join(repeated)}")
+        return choices
+
+    def candidates(self) -> list[Any]:
+        """Every choice (each is checked against the training config at load)."""
+        return list(self.choices)
+
+
+SearchParam = Annotated[FloatRange | IntRange | Choice, Field(discriminator="type")]
+
+# Settings of `train:` that are no hyperparameters of the fit: what the model is (arch, init,
+# base), where and how it runs, and the seed (tuning it would fit the noise of one split).
+_NOT_TUNABLE = frozenset(
+    {
+        "arch",
+        "init",
+        "base_model",
+        "seed",
+        "accelerator",
+        "devices",
+        "precision",
+        "limit_train_batches",
+        "checkpoint_every_n_steps",
+    }
+)
+
+
+def _is_train_field(parts: list[str]) -> bool:
+    model: type[BaseModel] = TrainConfig
+    for index, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if index < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False
+            model = annotation
+    return True
+
+
+class TuneConfig(_Strict):
+    """Hyperparameter search (`deepgate tune`): Optuna's seeded TPE sampler, median pruning.
+
+    Each trial trains on the training split and is scored on the validation split (at its
+    best epoch, the weights early stopping keeps); the test split is never looked at.
+    """
+
+    trials: int = Field(20, gt=0, description="Trials per search (`deepgate tune --trials` overrides it).")
+    metric: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="The objective: val_loss is minimised, val_accuracy maximised."
+    )
+    max_epochs: int | None = Field(
+        None,
+        gt=0,
+        description="Cap each trial's train.max_epochs for a cheaper search (the LR schedule follows the cap).",
+    )
+    baseline: bool = Field(
+        True,
+        description="Trial 0 runs the pipeline's current settings, so the best trial is never worse than "
+        "them on the validation split.",
+    )
+    sampler_startup_trials: int = Field(5, ge=0, description="Random trials before TPE models the results.")
+    pruner: Literal["median", "none"] = Field(
+        "median", description="median: stop a trial whose metric is worse than the median of earlier trials."
+    )
+    pruner_startup_trials: int = Field(3, ge=0, description="Trials that complete before any is pruned.")
+    pruner_warmup_epochs: int = Field(2, ge=0, description="Epochs of each trial that are never pruned.")
+    space: dict[str, SearchParam] | None = Field(
+        None,
+        description="Dotted `train.*` keys -> distribution (replaces the default space: lr, weight_decay, "
+        "dropout, batch_size, and hidden for mlp or channels for cnn).",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _tunable_keys(cls, space: dict[str, Any] | None) -> dict[str, Any] | None:
+        if space is None:
+            return None
+        if not space:
+            raise ValueError("an empty space has nothing to tune: leave `space` out for the default one")
+        for key in space:
+            section, _, rest = key.partition(".")
+            if section != "train" or not rest:
+                raise ValueError(f"{key!r}: only train.* settings can be tuned (e.g. train.lr)")
+            parts = rest.split(".")
+            if not _is_train_field(parts):
+                raise ValueError(f"{key!r} is not a setting of train:")
+            if parts[0] in _NOT_TUNABLE:
+                raise ValueError(f"{key!r} is not a hyperparameter of the fit and cannot be tuned")
+        return space
+
+
+def _space_problems(train: TrainConfig, space: dict[str, Any]) -> list[str]:
+    """Each value a declared space can draw (bounds, choices) must make a valid train config."""
+    problems = []
+    for key, param in space.items():
+        for value in param.candidates():
+            tree = train.model_dump(mode="json")
+            _set_dotted(tree, key.removeprefix("train."), value)
+            try:
+                TrainConfig.model_validate(tree)
+            except ValidationError as error:
+                reason = error.errors()[0]["msg"]
+                problems.append(f"tune.space.{key}: {value!r} is not a valid {key} ({reason})")
+                break
+    return problems
+
+
 class PipelineConfig(_Strict):
-    """One pipeline: data, split, training and gates."""
+    """One pipeline: data, split, training, gates and (optionally) the hyperparameter search."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     description: str = ""
@@ -313,6 +479,7 @@ class PipelineConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     train: TrainConfig
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -322,15 +489,26 @@ class PipelineConfig(_Strict):
             raise ValueError("train.arch: tabular data needs arch 'mlp'")
         if self.split.val_fraction + self.split.test_fraction >= 0.8:
             raise ValueError("split: val_fraction + test_fraction leaves too little to train on")
+        if self.tune.space is not None:
+            unused = {"mlp": "train.channels", "cnn": "train.hidden"}[self.train.arch]
+            if unused in self.tune.space:
+                raise ValueError(f"tune.space.{unused}: arch {self.train.arch!r} does not use it")
+            problems = _space_problems(self.train, self.tune.space)
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
     def config_hash(self) -> str:
-        """A stable hash of everything that changes the trained model."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A stable hash of everything that changes the trained model.
+
+        The `tune:` section only steers `deepgate tune` (whose results reach training as
+        overrides), so editing it never makes a registered model look out of date.
+        """
+        payload = json.dumps(self.model_dump(mode="json", exclude={"tune"}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, what: str = "--set") -> None:
     node = tree
     *parents, leaf = dotted.split(".")
     for key in parents:
@@ -338,7 +516,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+            raise ConfigError(f"{what} {dotted}: {key!r} is not a section")
         node = child
     node[leaf] = value
 
@@ -359,9 +537,27 @@ def _format_error(error: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def build_config(raw: dict[str, Any], overrides: list[str] | None = None, origin: str = "config") -> PipelineConfig:
-    """Validate a raw mapping (plus `key=value` overrides) into a :class:`PipelineConfig`."""
+def build_config(
+    raw: dict[str, Any],
+    overrides: list[str] | None = None,
+    origin: str = "config",
+    *,
+    values: Mapping[str, Any] | None = None,
+) -> PipelineConfig:
+    """Validate a raw mapping into a :class:`PipelineConfig`.
+
+    Args:
+        raw: The pipeline mapping (as read from YAML).
+        overrides: `key.path=value` strings (`--set`), applied last.
+        origin: Where the mapping came from, for error messages.
+        values: Dotted keys -> values (an override file), applied before `overrides`.
+
+    Raises:
+        ConfigError: An invalid field, named in the message.
+    """
     tree = json.loads(json.dumps(raw))  # deep copy; YAML gives only JSON-able types here
+    for key, value in (values or {}).items():
+        _set_dotted(tree, key, value, what=f"invalid override ({origin}):")
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
@@ -371,16 +567,42 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None, origin
         raise ConfigError(_format_error(error, origin)) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
     return loaded
+
+
+def _flatten_overrides(tree: dict[str, Any], prefix: str, out: dict[str, Any], path: Path) -> None:
+    for key, value in tree.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"override file {path}: key {key!r} is not a setting name")
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            _flatten_overrides(value, dotted, out, path)
+        else:
+            out[dotted] = value
+
+
+def read_overrides(path: Path) -> dict[str, Any]:
+    """Read an override file (what `deepgate tune` writes) as dotted keys -> values.
+
+    The file holds dotted keys (`train.lr: 0.003`), a nested partial config
+    (`train: {lr: 0.003}`), or both; nested mappings merge into the pipeline's sections rather
+    than replace them. The values are validated with the whole config when it is built.
+
+    Raises:
+        ConfigError: A missing or unreadable file, or one that is not a mapping.
+    """
+    flat: dict[str, Any] = {}
+    _flatten_overrides(_read_yaml(path, "override file"), "", flat, path)
+    return flat
 
 
 def bundled_pipelines(params_path: Path) -> dict[str, dict[str, Any]]:
@@ -397,6 +619,7 @@ def load_pipeline(
     config_file: Path | None = None,
     params_path: Path = Path("params.yaml"),
     overrides: list[str] | None = None,
+    override_files: list[Path] | None = None,
 ) -> PipelineConfig:
     """Load a bundled pipeline by name, or a pipeline file, applying overrides.
 
@@ -404,16 +627,22 @@ def load_pipeline(
         name: A pipeline under `pipelines:` in `params_path`.
         config_file: A pipeline YAML file (takes precedence over `name`).
         params_path: The project's `params.yaml`.
-        overrides: `key.path=value` strings, applied in order.
+        overrides: `key.path=value` strings, applied in order, after the override files.
+        override_files: Override files (see :func:`read_overrides`), applied in order.
 
     Raises:
         ConfigError: Unknown pipeline, unreadable file or invalid field (named in the message).
     """
+    values: dict[str, Any] = {}
+    for path in override_files or []:
+        values.update(read_overrides(path))
+    with_files = f" with overrides from {', '.join(str(p) for p in override_files)}" if override_files else ""
     if config_file is not None:
         raw = _read_yaml(config_file)
-        return build_config(raw, overrides, origin=str(config_file))
+        return build_config(raw, overrides, origin=f"{config_file}{with_files}", values=values)
     pipelines = bundled_pipelines(params_path)
     if name not in pipelines:
         known = ", ".join(sorted(pipelines)) or "none"
         raise ConfigError(f"unknown pipeline {name!r}; bundled pipelines: {known}")
-    return build_config(pipelines[name], overrides, origin=f"{params_path}: pipelines.{name}")
+    origin = f"{params_path}: pipelines.{name}{with_files}"
+    return build_config(pipelines[name], overrides, origin=origin, values=values)

@@ -31,6 +31,14 @@ TAG_GATE_PREFIX = "deepgate.gate."  # + gate name -> "pass" | "fail" | "not_appl
 TAG_PROMOTED_AT = "deepgate.promoted_at"
 TAG_PREVIOUS_CHAMPION = "deepgate.previous_champion"
 
+# Run tags of `deepgate tune`: the search's parent run and one nested run per trial.
+TAG_RUN_KIND = "deepgate.run_kind"  # "tune" | "tune_trial"
+TAG_TUNE_TRIAL = "deepgate.tune.trial"  # Optuna's trial number
+TAG_TUNE_STATE = "deepgate.tune.state"  # "complete" | "pruned" | "failed"
+TAG_TUNE_BASELINE = "deepgate.tune.baseline"  # "true" on the trial that replayed the current settings
+RUN_KIND_TUNE = "tune"
+RUN_KIND_TUNE_TRIAL = "tune_trial"
+
 VERDICT_PROMOTED = "promoted"
 VERDICT_REJECTED = "rejected"
 VERDICT_PENDING = "pending"

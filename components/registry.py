@@ -74,8 +74,12 @@ class Registry:
         location = f"{self.settings.artifact_root}/{pipeline}" if self.settings.artifact_root else None
         return str(self.client.create_experiment(name, artifact_location=location))
 
-    def start_run(self, pipeline: str, run_name: str, tags: dict[str, str]) -> str:
-        """Open a tracking run for one retraining; returns its id."""
+    def start_run(self, pipeline: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+        """Open a tracking run (a retraining, a search, or one trial nested under `parent_run_id`); returns its id."""
+        if parent_run_id is not None:
+            from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+            tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
         run = self.client.create_run(self.experiment_id(pipeline), run_name=run_name, tags=tags)
         return str(run.info.run_id)
 

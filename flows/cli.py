@@ -2,6 +2,8 @@
 
 Exit codes of `deepgate run`: 0 the flow completed (challenger promoted, rejected, or already
 up to date); 2 a data or label gate stopped the run before training; 1 an error.
+`deepgate tune`: 0 the best values were written; 2 a data or label gate stopped the search;
+1 an error, or no trial completed.
 """
 
 from __future__ import annotations
@@ -67,15 +69,33 @@ def _answers(url: str) -> bool:
 
 
 def _configs(
-    pipelines: list[str], config: Path | None, overrides: list[str], settings: Settings
+    pipelines: list[str],
+    config: Path | None,
+    overrides: list[str],
+    settings: Settings,
+    override_files: list[Path] | None = None,
 ) -> list[PipelineConfig]:
+    files = list(override_files or [])
     if config is not None:
         if pipelines:
             raise ConfigError("give either pipeline names or --config, not both")
-        return [load_pipeline(config_file=config, overrides=overrides)]
+        return [load_pipeline(config_file=config, overrides=overrides, override_files=files)]
     if not pipelines:
         raise ConfigError("name a pipeline (or several, or --all), or pass --config FILE.yaml")
-    return [load_pipeline(name, params_path=settings.params_path, overrides=overrides) for name in pipelines]
+    return [
+        load_pipeline(name, params_path=settings.params_path, overrides=overrides, override_files=files)
+        for name in pipelines
+    ]
+
+
+_OverridesOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--overrides",
+        help="A YAML file of values (dotted keys or a partial config), e.g. tuned/arrests.yaml from "
+        "`deepgate tune`; applied before --set (repeatable).",
+    ),
+]
 
 
 @app.command()
@@ -87,6 +107,7 @@ def run(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override, e.g. train.max_epochs=5 (repeatable).")
     ] = None,
+    overrides: _OverridesOption = None,
     all_: Annotated[bool, typer.Option("--all", help="Every pipeline in params.yaml.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
 ) -> None:
@@ -94,7 +115,7 @@ def run(
     settings = load_settings()
     try:
         names_ = sorted(bundled_pipelines(settings.params_path)) if all_ else list(pipelines or [])
-        configs = _configs(names_, config, list(set_ or []), settings)
+        configs = _configs(names_, config, list(set_ or []), settings, overrides)
     except ConfigError as error:
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
@@ -172,6 +193,94 @@ def _print_summaries(summaries: list[Any]) -> None:
                 "registered, champion unchanged.[/red]",
                 highlight=False,
             )
+
+
+@app.command()
+def tune(
+    pipeline: Annotated[str | None, typer.Argument(help="A bundled pipeline (see params.yaml).")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, help="Trials to run (default: tune.trials).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the best values (default: tuned/PIPELINE.yaml).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A pipeline YAML file instead.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override, e.g. tune.max_epochs=5 (repeatable).")
+    ] = None,
+    overrides: _OverridesOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Search hyperparameters with Optuna (scored on the validation split) and write the best as an override file."""
+    settings = load_settings()
+    try:
+        [cfg] = _configs([pipeline] if pipeline else [], config, list(set_ or []), settings, overrides)
+    except ConfigError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    _prepare_environment(settings)
+    from flows.tune import TuneStopped, default_overrides_path
+    from flows.tune import tune as tune_flow
+
+    target = (out or default_overrides_path(settings.home, cfg.name)).resolve()
+    state = tune_flow(cfg, trials=trials, out=str(target), home=str(settings.home), return_state=True)
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, TuneStopped):
+            err.print(f"[red]{cfg.name}: {error}; no trial ran.[/red]", highlight=False)
+            raise typer.Exit(EXIT_GATE)
+        err.print(f"[red]error in pipeline {cfg.name}:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+    summary = state.result()
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        _print_tuning(summary, cfg, settings, config)
+    raise typer.Exit(EXIT_OK if summary.overrides_path else EXIT_ERROR)
+
+
+def _print_tuning(summary: Any, cfg: PipelineConfig, settings: Settings, config_file: Path | None) -> None:
+    from components.tuning import format_value
+
+    result = summary.result
+    best, baseline = result.best, result.baseline
+    keys = sorted({k for t in result.trials for k in t.params})
+    better = "lower" if result.direction == "minimize" else "higher"
+    table = Table(title=f"deepgate tune {cfg.name}: {result.metric} on the validation split ({better} is better)")
+    for column in ("trial", "state", result.metric, "epochs", *(k.removeprefix("train.") for k in keys)):
+        table.add_column(column)
+    colour = {"complete": "white", "pruned": "yellow", "failed": "red"}
+    for t in result.trials:
+        is_best = best is not None and t.number == best.number
+        state = f"[{'bold green' if is_best else colour[t.state]}]{t.state}{' (best)' if is_best else ''}[/]"
+        table.add_row(
+            str(t.number) + (" (baseline)" if t.baseline else ""),
+            state,
+            "-" if t.value is None else f"{t.value:.4f}",
+            str(t.epochs),
+            *(format_value(t.params.get(k)) for k in keys),
+        )
+    console.print(table)
+    counts = result.counts()
+    console.print(
+        f"{len(result.trials)} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
+        f"{counts['failed']} failed; MLflow run {summary.mlflow_run_id} (experiment "
+        f"{names.experiment_name(cfg.name)}), one nested run per trial",
+        highlight=False,
+    )
+    for note in summary.to_dict()["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    if best is None or summary.overrides_path is None:
+        console.print(f"[red]{cfg.name}: no trial completed; nothing written.[/red]", highlight=False)
+        return
+    line = f"best: trial {best.number}, {result.metric} {best.value:.4f}"
+    if baseline is not None and baseline.value is not None and baseline.number != best.number:
+        line += f" (the current settings, trial {baseline.number}: {baseline.value:.4f})"
+    elif baseline is not None and baseline.number == best.number:
+        line += " - the current settings: no trial beat them"
+    console.print(line, highlight=False)
+    path = Path(summary.overrides_path)
+    shown = path.relative_to(settings.home) if path.is_relative_to(settings.home) else path
+    source = f"--config {config_file}" if config_file is not None else cfg.name
+    console.print(f"wrote {shown}; retrain with it: deepgate run {source} --overrides {shown}", highlight=False)
 
 
 @app.command()

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 # "Initialized DVC repository" line would crash the flow. (One command per process, as in
 # real use, never meets this.)
 
-COMMANDS = ["run", "status", "serve", "ui", "schedule"]
+COMMANDS = ["run", "tune", "status", "serve", "ui", "schedule"]
 
 
 @pytest.fixture(scope="module")
