@@ -66,6 +66,12 @@ class DataConfig(_Strict):
     max_rows: int | None = Field(
         None, gt=0, description="Keep only this many rows (a seeded sample): for quick trials."
     )
+    slices: list[str] = Field(
+        default_factory=list,
+        description="Columns (features or metadata) whose groups are evaluated against the champion one by "
+        "one, besides the sensitive columns, which are always sliced; pairs of slice columns are "
+        "intersected. A numeric column with more than 10 values is cut into quartiles.",
+    )
 
     @field_validator("source")
     @classmethod
@@ -79,6 +85,17 @@ class DataConfig(_Strict):
         if kind in ("sklego", "mlxtend") and value not in BUNDLED_SOURCES:
             raise ValueError(f"unknown bundled dataset {value!r}: expected one of {sorted(BUNDLED_SOURCES)}")
         return value
+
+    @model_validator(mode="after")
+    def _sliceable(self) -> DataConfig:
+        repeated = sorted({c for c in self.slices if self.slices.count(c) > 1})
+        if repeated:
+            raise ValueError(f"data.slices: {repeated} listed more than once")
+        keys = {self.target: "the target", self.id: "the id column"}
+        for column in self.slices:
+            if column in keys:
+                raise ValueError(f"data.slices: {column!r} is {keys[column]}, not a column to slice by")
+        return self
 
     @property
     def kind(self) -> str:
@@ -243,12 +260,36 @@ class DriftGate(_Strict):
 
 
 class EvaluationGate(_Strict):
-    """Absolute floors and no-regression tolerance. A floor left empty blocks promotion."""
+    """Absolute floors, no-regression tolerances (overall and per slice) and the paired test.
+
+    A limit left empty blocks promotion: the floors always, the tolerances when there is a champion.
+    """
 
     min_accuracy: float | None = Field(None, ge=0, le=1)
     min_macro_f1: float | None = Field(None, ge=0, le=1)
     max_regression: float | None = Field(
         0.01, ge=0, le=1, description="Largest accuracy/macro-F1 drop allowed against the champion."
+    )
+    max_slice_regression: float | None = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest accuracy/macro-F1 drop allowed against the champion on any slice group large "
+        "enough to judge (each sensitive and `data.slices` column, and each pair of them). Empty blocks "
+        "promotion whenever there is a champion and a slice to judge, as every missing limit does.",
+    )
+    min_slice_size: int = Field(
+        30, gt=0, description="Slice groups with fewer test rows are reported as too small to judge (a warning)."
+    )
+    paired_test_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="McNemar's test on the rows only one model gets right: a challenger significantly worse "
+        "than the champion at this level is flagged as a warning (the tolerance decides the verdict).",
+    )
+    n_bootstrap: int = Field(
+        1000, ge=0, le=100_000, description="Bootstrap resamples behind every 95% interval (0: no intervals)."
     )
 
 

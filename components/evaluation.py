@@ -1,10 +1,13 @@
-"""Evaluation of a classifier's predicted probabilities: metrics, report and figures.
+"""Evaluation of a classifier's predicted probabilities: metrics, intervals, report and figures.
 
 :func:`evaluate_predictions` turns labels and class probabilities into an :class:`EvalReport`
 that renders itself (dict for MLflow JSON, markdown for Prefect) and reloads from its dict, so a
-champion's stored report can be compared with a challenger's. The plots use matplotlib's
-object-oriented API (``Figure()``, never pyplot), so no global backend state is touched and
-they work headless; callers save them with ``fig.savefig``.
+champion's stored report can be compared with a challenger's. Its 95% intervals come from a
+seeded percentile bootstrap of the rows, vectorised over the resamples
+(:mod:`components.bootstrap`).
+
+The plots use matplotlib's object-oriented API (``Figure()``, never pyplot), so no global
+backend state is touched and they work headless; callers save them with ``fig.savefig``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,20 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
+from components.bootstrap import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    accuracy_macro_f1,
+    bootstrap,
+    confusion_stack,
+    percentile_interval,
+    resampled_roc_auc,
+)
+
 N_BINS = 10
+BOOTSTRAP_RESAMPLES = RESAMPLES
+BOOTSTRAP_SEED = SEED
 
 
 @dataclass
@@ -34,6 +50,11 @@ class EvalReport:
         confusion: Counts, rows = true class, columns = predicted class, in `classes` order.
         classes: Class names, index i = class index i.
         per_class: One dict per class: class, precision, recall, f1, support.
+        average_precision: Binary: area under the precision-recall curve of the positive
+            class (sklearn's average precision). None otherwise.
+        positive_class: Binary: the class treated as positive for ROC and PR; None otherwise.
+        intervals: Metric -> [low, high], a 95% percentile bootstrap interval (accuracy,
+            macro_f1, and roc_auc for binary tasks). Empty when no resampling was asked for.
     """
 
     n: int
@@ -45,9 +66,12 @@ class EvalReport:
     confusion: list[list[int]]
     classes: list[str]
     per_class: list[dict[str, Any]] = field(default_factory=list)
+    average_precision: float | None = None
+    positive_class: str | None = None
+    intervals: dict[str, list[float]] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """Flat figures for MLflow; `roc_auc` is left out when it is None."""
+        """Flat figures for MLflow; `roc_auc` and `average_precision` are left out when None."""
         figures = {
             "accuracy": self.accuracy,
             "macro_f1": self.macro_f1,
@@ -56,7 +80,14 @@ class EvalReport:
         }
         if self.roc_auc is not None:
             figures["roc_auc"] = self.roc_auc
+        if self.average_precision is not None:
+            figures["average_precision"] = self.average_precision
         return figures
+
+    def interval(self, metric: str) -> str:
+        """`[low, high]` of a metric's 95% interval, or an empty string when there is none."""
+        bounds = self.intervals.get(metric)
+        return "" if not bounds else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form; :meth:`from_dict` reads it back."""
@@ -65,7 +96,9 @@ class EvalReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalReport:
         """Rebuild a report from :meth:`to_dict` output (e.g. a champion's stored JSON)."""
+        # Reports stored before intervals and average precision existed still load.
         roc_auc = data.get("roc_auc")
+        average_precision = data.get("average_precision")
         return cls(
             n=int(data["n"]),
             accuracy=float(data["accuracy"]),
@@ -76,18 +109,28 @@ class EvalReport:
             confusion=[[int(v) for v in row] for row in data["confusion"]],
             classes=[str(c) for c in data["classes"]],
             per_class=[dict(row) for row in data.get("per_class", [])],
+            average_precision=None if average_precision is None else float(average_precision),
+            positive_class=data.get("positive_class"),
+            intervals={k: [float(v) for v in bounds] for k, bounds in data.get("intervals", {}).items()},
         )
 
     def to_markdown(self) -> str:
-        """Headline metrics, per-class table and confusion matrix as markdown."""
-        auc = "n/a" if self.roc_auc is None else f"{self.roc_auc:.4f}"
+        """Headline metrics (with 95% intervals), per-class table and confusion matrix as markdown."""
+        auc = "n/a" if self.roc_auc is None else f"{self.roc_auc:.4f} {self.interval('roc_auc')}".strip()
+        ap = "n/a" if self.average_precision is None else f"{self.average_precision:.4f}"
+        accuracy = f"{self.accuracy:.4f} {self.interval('accuracy')}".strip()
+        macro_f1 = f"{self.macro_f1:.4f} {self.interval('macro_f1')}".strip()
         lines = [
             f"### Evaluation on {self.n} rows",
             "",
-            "| accuracy | macro F1 | ROC AUC | ECE | log loss |",
-            "|---|---|---|---|---|",
-            f"| {self.accuracy:.4f} | {self.macro_f1:.4f} | {auc} | {self.ece:.4f} | {self.log_loss:.4f} |",
+            "| accuracy | macro F1 | ROC AUC | average precision | ECE | log loss |",
+            "|---|---|---|---|---|---|",
+            f"| {accuracy} | {macro_f1} | {auc} | {ap} | {self.ece:.4f} | {self.log_loss:.4f} |",
             "",
+        ]
+        if self.intervals:
+            lines += ["Brackets: 95% percentile bootstrap intervals (rows resampled).", ""]
+        lines += [
             "| class | precision | recall | f1 | support |",
             "|---|---|---|---|---|",
         ]
@@ -168,6 +211,54 @@ def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float | None:
     return float(skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=list(range(k))))
 
 
+def bootstrap_intervals(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    *,
+    positive: int = 1,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of accuracy, macro-F1 and (binary) ROC-AUC.
+
+    Args:
+        y_true: True class indices, shape (n,).
+        proba: Class probabilities, shape (n, k).
+        positive: Binary tasks: index of the positive class (for the AUC).
+        n_resamples: Number of resamples; 0 gives no intervals.
+        seed: Seed of the resampling.
+        confidence: Coverage of each interval.
+
+    Returns:
+        Metric -> [low, high]; a metric whose interval is undefined is left out.
+    """
+    if n_resamples <= 0:
+        return {}
+    y_true = np.asarray(y_true).astype(int)
+    proba = np.asarray(proba, dtype=float)
+    y_pred = proba.argmax(axis=1)
+    k = proba.shape[1]
+    binary = k == 2 and len(np.unique(y_true)) == 2
+
+    def statistic(rows: np.ndarray) -> dict[str, np.ndarray]:
+        accuracy, macro_f1 = accuracy_macro_f1(confusion_stack(rows, y_true, y_pred, k))
+        values = {"accuracy": accuracy, "macro_f1": macro_f1}
+        if binary:
+            values["roc_auc"] = resampled_roc_auc(rows, proba[:, positive], y_true == positive)
+        return values
+
+    samples = bootstrap(len(y_true), statistic, n_resamples, seed)
+    intervals = {name: percentile_interval(values, confidence) for name, values in samples.items()}
+    return {name: bounds for name, bounds in intervals.items() if bounds is not None}
+
+
+def _average_precision(y_true: np.ndarray, proba: np.ndarray, positive: int) -> float | None:
+    if proba.shape[1] != 2 or len(np.unique(y_true)) < 2:
+        return None
+    return float(skm.average_precision_score(y_true == positive, proba[:, positive]))
+
+
 def _per_class(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
     labels = list(range(len(classes)))
     precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
@@ -183,13 +274,34 @@ def _per_class(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> li
     ]
 
 
-def evaluate_predictions(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> EvalReport:
+def normalised(proba: np.ndarray) -> np.ndarray:
+    """Probabilities as float64 rows that sum to 1.
+
+    float32 softmax rows sum to 1 only within ~1e-7, and sklearn's log_loss warns on that.
+    """
+    proba = np.asarray(proba, dtype=float)
+    return proba / proba.sum(axis=1, keepdims=True)
+
+
+def evaluate_predictions(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    *,
+    positive: int = 1,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> EvalReport:
     """Evaluate class probabilities against true class indices.
 
     Args:
         y_true: True class indices 0..k-1, shape (n,).
         proba: Predicted probabilities, shape (n, k); rows should sum to 1.
         classes: Class names, index i = class index i.
+        positive: Binary tasks: index of the positive class, for average precision (the ROC-AUC
+            is the same either way).
+        n_resamples: Bootstrap resamples behind the 95% intervals; 0 for none.
+        seed: Seed of the resampling (fixed, so a report is reproducible).
 
     Returns:
         The :class:`EvalReport`. The predicted class is the arg-max of `proba`.
@@ -200,10 +312,12 @@ def evaluate_predictions(y_true: np.ndarray, proba: np.ndarray, classes: list[st
     y_true = np.asarray(y_true).astype(int)
     proba = np.asarray(proba, dtype=float)
     _check_inputs(y_true, proba, classes)
-    # float32 softmax rows sum to 1 only within ~1e-7; sklearn's log_loss warns on that.
-    proba = proba / proba.sum(axis=1, keepdims=True)
+    proba = normalised(proba)
     y_pred = proba.argmax(axis=1)
     labels = list(range(len(classes)))
+    binary = len(classes) == 2
+    if binary and positive not in (0, 1):
+        raise ValueError(f"positive must be 0 or 1 for a binary task, got {positive}")
     return EvalReport(
         n=len(y_true),
         accuracy=float(skm.accuracy_score(y_true, y_pred)),
@@ -216,6 +330,9 @@ def evaluate_predictions(y_true: np.ndarray, proba: np.ndarray, classes: list[st
         confusion=skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         classes=list(classes),
         per_class=_per_class(y_true, y_pred, classes),
+        average_precision=_average_precision(y_true, proba, positive) if binary else None,
+        positive_class=classes[positive] if binary else None,
+        intervals=bootstrap_intervals(y_true, proba, positive=positive, n_resamples=n_resamples, seed=seed),
     )
 
 
@@ -305,5 +422,86 @@ def plot_reliability(y_true: np.ndarray, proba: np.ndarray) -> Figure:
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability (ECE={expected_calibration_error(y_true, proba):.3f})")
     ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _binary_curves_input(
+    y_true: np.ndarray, proba: np.ndarray, positive: int, champion_proba: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    y_true = np.asarray(y_true).astype(int)
+    models = {"challenger": np.asarray(proba, dtype=float)}
+    if champion_proba is not None:
+        models["champion"] = np.asarray(champion_proba, dtype=float)
+    for name, p in models.items():
+        if p.ndim != 2 or p.shape[1] != 2 or len(p) != len(y_true):
+            raise ValueError(f"ROC and PR curves are for binary tasks: {name} proba has shape {p.shape}")
+    if len(np.unique(y_true)) < 2:
+        raise ValueError("ROC and PR curves need both classes among the labels")
+    if positive not in (0, 1):
+        raise ValueError(f"positive must be 0 or 1, got {positive}")
+    return y_true == positive, {name: p[:, positive] for name, p in models.items()}
+
+
+def plot_roc_curve(
+    y_true: np.ndarray, proba: np.ndarray, *, positive: int = 1, champion_proba: np.ndarray | None = None
+) -> Figure:
+    """ROC curve of the positive class of a binary task, with its AUC.
+
+    Args:
+        y_true: True class indices (0 or 1), shape (n,).
+        proba: The challenger's probabilities, shape (n, 2).
+        positive: Index of the positive class.
+        champion_proba: The champion's probabilities on the same rows, drawn alongside.
+
+    Raises:
+        ValueError: Not a binary task, or one class absent from the labels.
+    """
+    truth, scores = _binary_curves_input(y_true, proba, positive, champion_proba)
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    for name, score in scores.items():
+        fpr, tpr, _ = skm.roc_curve(truth, score)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {skm.roc_auc_score(truth, score):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"ROC (n={len(truth)})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pr_curve(
+    y_true: np.ndarray, proba: np.ndarray, *, positive: int = 1, champion_proba: np.ndarray | None = None
+) -> Figure:
+    """Precision-recall curve of the positive class of a binary task, with its average precision.
+
+    Args:
+        y_true: True class indices (0 or 1), shape (n,).
+        proba: The challenger's probabilities, shape (n, 2).
+        positive: Index of the positive class.
+        champion_proba: The champion's probabilities on the same rows, drawn alongside.
+
+    Raises:
+        ValueError: Not a binary task, or one class absent from the labels.
+    """
+    truth, scores = _binary_curves_input(y_true, proba, positive, champion_proba)
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    for name, score in scores.items():
+        precision, recall, _ = skm.precision_recall_curve(truth, score)
+        ap = skm.average_precision_score(truth, score)
+        ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.3f})")
+    prevalence = float(truth.mean())
+    ax.axhline(prevalence, linestyle="--", color="gray", label=f"chance ({prevalence:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"Precision-recall (n={len(truth)})")
+    ax.legend(loc="lower left")
     fig.tight_layout()
     return fig

@@ -174,15 +174,44 @@ def fit_candidate(
     return Candidate(predictor, result)
 
 
-def score(predictor: Predictor, dataset: Dataset, rows: np.ndarray) -> EvalReport:
-    """Evaluate a predictor on the given rows (labels it has never seen count as errors)."""
-    proba = predictor.predict_proba(model_inputs(dataset, rows), strict=False)
+def predict_rows(
+    predictor: Predictor, dataset: Dataset, rows: np.ndarray, classes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """True class indices and predicted probabilities at `rows`, columns in `classes` order.
+
+    Args:
+        predictor: The model.
+        dataset: The data.
+        rows: Row positions to score.
+        classes: Column order of the result (default: the predictor's); pass the challenger's
+            classes when scoring the champion, so both probability arrays line up.
+
+    Raises:
+        ValueError: A label the model does not know, or `classes` is not the model's label set.
+    """
+    classes = list(predictor.classes) if classes is None else list(classes)
+    if sorted(classes) != sorted(predictor.classes):
+        raise ValueError(f"the model's labels {predictor.classes} are not {classes}")
     labels = [str(v) for v in dataset.labels.iloc[rows]]
-    unknown = sorted(set(labels) - set(predictor.classes))
+    unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise ValueError(f"the model does not know the labels {unknown}")
-    index = {c: i for i, c in enumerate(predictor.classes)}
-    return evaluate_predictions(np.asarray([index[v] for v in labels]), proba, predictor.classes)
+    proba = predictor.predict_proba(model_inputs(dataset, rows), strict=False)
+    proba = proba[:, [predictor.classes.index(c) for c in classes]]
+    index = {c: i for i, c in enumerate(classes)}
+    return np.asarray([index[v] for v in labels], dtype=np.int64), proba
+
+
+def positive_index(predictor: Predictor) -> int:
+    """Index of the predictor's positive class (binary tasks; 1 when none is set)."""
+    positive = predictor.positive_class
+    return 1 if positive is None else predictor.classes.index(positive)
+
+
+def score(predictor: Predictor, dataset: Dataset, rows: np.ndarray) -> EvalReport:
+    """Evaluate a predictor on the given rows (labels it has never seen count as errors)."""
+    y_true, proba = predict_rows(predictor, dataset, rows)
+    return evaluate_predictions(y_true, proba, predictor.classes, positive=positive_index(predictor))
 
 
 def binary_outcomes(

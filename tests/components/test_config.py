@@ -69,3 +69,16 @@ def test_unknown_pipeline_and_missing_file_are_named(tmp_path: Path) -> None:
 def test_override_without_equals_is_refused() -> None:
     with pytest.raises(ConfigError, match="key=value"):
         build_config(minimal(), ["train.max_epochs"])
+
+
+def test_slice_columns_and_evaluation_limits_are_validated() -> None:
+    config = build_config(minimal(sensitive=["sex"], slices=["age", "region"]))
+    assert config.data.slices == ["age", "region"]
+    evaluation = config.gates.evaluation
+    assert (evaluation.max_slice_regression, evaluation.min_slice_size, evaluation.n_bootstrap) == (0.05, 30, 1000)
+    with pytest.raises(ConfigError, match=r"data\.slices: \['age'\] listed more than once"):
+        build_config(minimal(slices=["age", "age"]))
+    with pytest.raises(ConfigError, match=r"data\.slices: 'y' is the target"):
+        build_config(minimal(slices=["y"]))
+    with pytest.raises(ConfigError, match=r"gates\.evaluation\.min_slice_size"):
+        build_config({**minimal(), "gates": {"evaluation": {"min_slice_size": 0}}})

@@ -15,12 +15,15 @@ import pytest
 
 from components.evaluation import (
     EvalReport,
+    bootstrap_intervals,
     calibration_bins,
     evaluate_predictions,
     expected_calibration_error,
     plot_confusion_matrix,
     plot_learning_curves,
+    plot_pr_curve,
     plot_reliability,
+    plot_roc_curve,
 )
 
 CLASSES = ["a", "b", "c"]
@@ -113,6 +116,65 @@ def test_round_trip_through_json(report: EvalReport) -> None:
     restored = EvalReport.from_dict(json.loads(json.dumps(report.to_dict())))
     assert restored == report
     assert set(report.metrics()) == {"accuracy", "macro_f1", "roc_auc", "ece", "log_loss"}
+
+
+def test_report_stored_before_intervals_still_loads(report: EvalReport) -> None:
+    old = {k: v for k, v in report.to_dict().items() if k not in ("intervals", "average_precision", "positive_class")}
+    restored = EvalReport.from_dict(old)
+    assert restored.intervals == {} and restored.average_precision is None
+    assert restored.accuracy == report.accuracy
+
+
+def test_binary_average_precision_by_hand() -> None:
+    # Scores by rank: 0.8 (pos), 0.4 (neg), 0.35 (pos), 0.1 (neg). Precision at each recall
+    # step: 1 at recall 0.5, 2/3 at recall 1 -> AP = 0.5 * 1 + 0.5 * 2/3 = 5/6.
+    p1 = np.array([0.1, 0.4, 0.35, 0.8])
+    result = evaluate_predictions(np.array([0, 0, 1, 1]), np.column_stack([1 - p1, p1]), ["no", "yes"])
+    assert result.average_precision == pytest.approx(5 / 6)
+    assert result.positive_class == "yes"
+    assert result.metrics()["average_precision"] == pytest.approx(5 / 6)
+    # Three "yes" and one "no": scores 0.9 (yes), 0.8 (yes), 0.5 (no), 0.4 (yes) give precision
+    # 1, 1, 3/4 at recall 1/3, 2/3, 1 -> AP 11/12. With "no" positive, its only row ranks second
+    # (0.5 after 0.6) -> AP 1/2.
+    y_true, p1 = np.array([0, 1, 1, 1]), np.array([0.5, 0.9, 0.4, 0.8])
+    proba = np.column_stack([1 - p1, p1])
+    assert evaluate_predictions(y_true, proba, ["no", "yes"]).average_precision == pytest.approx(11 / 12)
+    flipped = evaluate_predictions(y_true, proba, ["no", "yes"], positive=0)
+    assert flipped.average_precision == pytest.approx(1 / 2)
+    assert flipped.positive_class == "no"
+    # The ROC-AUC does not depend on which class is positive.
+    assert flipped.roc_auc == evaluate_predictions(y_true, proba, ["no", "yes"]).roc_auc
+
+
+def test_intervals_cover_the_figures_and_are_reproducible() -> None:
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, 300)
+    p1 = np.clip(0.3 * y_true + 0.7 * rng.random(300), 0, 1)
+    proba = np.column_stack([1 - p1, p1])
+    result = evaluate_predictions(y_true, proba, ["no", "yes"])
+    assert set(result.intervals) == {"accuracy", "macro_f1", "roc_auc"}
+    for metric, (low, high) in result.intervals.items():
+        assert low <= getattr(result, metric) <= high
+        assert 0.02 < high - low < 0.2  # 300 rows: a few points either side
+    assert evaluate_predictions(y_true, proba, ["no", "yes"]).intervals == result.intervals
+    assert bootstrap_intervals(y_true, proba, n_resamples=0) == {}
+    assert "[" in result.to_markdown() and "bootstrap" in result.to_markdown()
+
+
+def test_roc_and_pr_curves_render_for_binary_only() -> None:
+    p1 = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.2])
+    y_true = np.array([0, 0, 1, 1, 1, 0])
+    proba = np.column_stack([1 - p1, p1])
+    champion = np.column_stack([p1, 1 - p1])
+    roc = plot_roc_curve(y_true, proba, champion_proba=champion)
+    labels = [line.get_label() for line in roc.axes[0].get_lines()]
+    assert labels[0].startswith("challenger (AUC") and labels[1].startswith("champion (AUC")
+    assert _png_bytes(roc) > 1000
+    assert _png_bytes(plot_pr_curve(y_true, proba, positive=0)) > 1000
+    with pytest.raises(ValueError, match="binary"):
+        plot_roc_curve(Y_TRUE, _proba(Y_PRED))
+    with pytest.raises(ValueError, match="both classes"):
+        plot_pr_curve(np.array([1, 1]), np.array([[0.2, 0.8], [0.4, 0.6]]))
 
 
 def test_markdown_holds_metrics_and_confusion(report: EvalReport) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from components.config import ConfigError, build_config
 from components.dataset import Dataset
-from components.modeling import class_labels, fit_candidate, positive_class, score
+from components.modeling import class_labels, fit_candidate, positive_class, predict_rows, score
 from components.split import SplitIndices
 
 
@@ -53,6 +53,18 @@ def test_candidate_learns_and_scores_on_the_test_rows() -> None:
     assert report.n == 10
     assert report.accuracy >= 0.9  # the label is a threshold on x: learnable in a few epochs
     assert candidate.predictor.classes == ["no", "yes"]
+
+
+def test_predicted_rows_line_up_with_the_given_class_order() -> None:
+    dataset, split = _data()
+    predictor = fit_candidate(_config(), dataset, split).predictor
+    y_true, proba = predict_rows(predictor, dataset, split.test)
+    flipped_true, flipped = predict_rows(predictor, dataset, split.test, classes=["yes", "no"])
+    assert np.allclose(flipped, proba[:, ::-1])
+    assert (flipped_true == 1 - y_true).all()
+    assert score(predictor, dataset, split.test).accuracy == pytest.approx((proba.argmax(1) == y_true).mean())
+    with pytest.raises(ValueError, match="are not"):
+        predict_rows(predictor, dataset, split.test, classes=["no", "maybe"])
 
 
 def test_labels_sort_numerically_and_positive_class_defaults_to_the_last() -> None:

@@ -7,10 +7,16 @@ from dataclasses import replace
 
 import pytest
 
+from components.comparison import ComparisonReport, PairedTest, SliceResult
 from components.config import EvaluationGate
 from components.evaluation import EvalReport
 from components.gates import Check, GateReport
-from components.promotion import decide_promotion, evaluation_gate_report, majority_baseline_macro_f1
+from components.promotion import (
+    decide_promotion,
+    evaluation_gate,
+    evaluation_gate_report,
+    majority_baseline_macro_f1,
+)
 
 GATE = EvaluationGate(min_accuracy=0.7, min_macro_f1=0.6, max_regression=0.01)
 
@@ -160,3 +166,121 @@ def test_warn_checks_are_recorded_but_never_block() -> None:
     assert report.failures() == [] and [c.name for c in report.warnings()] == ["psi(age)"]
     assert "WARNING: age: PSI 0.4 > 0.25" in report.headline()
     assert "| psi(age) | warn |" in report.to_markdown()
+
+
+# --- The full evaluation gate: slices and the paired test -------------------------------------
+
+SLICE_GATE = EvaluationGate(min_accuracy=0.7, min_macro_f1=0.6, max_regression=0.01, max_slice_regression=0.02)
+
+
+def _paired(challenger_only: int = 30, champion_only: int = 28, p_value: float = 0.9) -> PairedTest:
+    return PairedTest(
+        n=100,
+        both_right=40,
+        challenger_only=challenger_only,
+        champion_only=champion_only,
+        both_wrong=100 - 40 - challenger_only - champion_only,
+        p_value=p_value,
+        p_value_exact=min(1.0, p_value + 0.05),
+        accuracy_difference=(challenger_only - champion_only) / 100,
+        accuracy_interval=[-0.05, 0.09],
+        macro_f1_difference=0.0,
+        macro_f1_interval=[-0.05, 0.05],
+    )
+
+
+def _slice(group: str, n: int, macro_f1: float, champion_macro_f1: float | None, judged: bool = True) -> SliceResult:
+    family = " & ".join(part.split("=")[0] for part in group.split(" & "))
+    champion_accuracy = None if champion_macro_f1 is None else 0.8
+    return SliceResult(family, group, n, judged, 0.8, macro_f1, champion_accuracy, champion_macro_f1)
+
+
+def _comparison(slices: list[SliceResult], paired: PairedTest | None = None, champion: bool = True) -> ComparisonReport:
+    return ComparisonReport(
+        split="candidate's test split",
+        challenger=_report(0.86, 0.80),
+        champion=_report(0.86, 0.80) if champion else None,
+        paired=(paired or _paired()) if champion else None,
+        slices=slices,
+        min_slice_size=30,
+    )
+
+
+def test_a_slice_regression_fails_the_gate_naming_slice_figures_and_tolerance() -> None:
+    comparison = _comparison([_slice("sex=Female", 40, 0.61, 0.66), _slice("sex=Male", 60, 0.81, 0.80)])
+    report = evaluation_gate(comparison, SLICE_GATE)
+    assert report.status == "fail"
+    [failed] = report.failures()
+    assert failed.name == "no_regression(sex=Female)"
+    assert failed.detail == "macro-F1 on sex=Female (40 rows): 0.6100 vs champion 0.6600 (-0.0500; tolerance 0.0200)"
+    assert failed.value == pytest.approx(0.05) and failed.threshold == 0.02
+    passed = next(c for c in report.checks if c.name == "no_regression(sex=Male)")
+    assert passed.passed and passed.detail.endswith("within tolerance 0.0200")
+    assert report.figures["worst_slice_change"] == pytest.approx(-0.05)
+    decision = decide_promotion(comparison.challenger, comparison.champion, [report], SLICE_GATE, "4")
+    assert not decision.promote
+    assert decision.reasons == [f"no_regression(sex=Female): {failed.detail}."]
+
+
+def test_the_slice_interval_is_quoted_when_there_is_one() -> None:
+    slice_ = _slice("colour=Black & sex=Female", 35, 0.55, 0.60)
+    slice_.intervals = {"macro_f1_change": [-0.12, 0.02]}
+    [failed] = evaluation_gate(_comparison([slice_]), SLICE_GATE).failures()
+    assert "(-0.0500, 95% CI [-0.1200, +0.0200]; tolerance 0.0200)" in failed.detail
+
+
+def test_missing_slice_tolerance_blocks_and_says_so() -> None:
+    gate = SLICE_GATE.model_copy(update={"max_slice_regression": None})
+    report = evaluation_gate(_comparison([_slice("sex=Female", 40, 0.70, 0.66)]), gate)
+    [failed] = report.failures()
+    assert failed.name == "no_slice_regression"
+    assert "no threshold configured, so it cannot pass" in failed.detail
+    # Nothing to judge (no slices, or no champion): the missing tolerance has nothing to block.
+    assert evaluation_gate(_comparison([]), gate).passed
+    assert evaluation_gate(_comparison([_slice("sex=Female", 40, 0.7, None)], champion=False), gate).passed
+
+
+def test_a_group_too_small_is_a_warning_never_a_pass_nor_a_block() -> None:
+    small = [_slice("sex=Other", 12, 0.10, 0.90, judged=False), _slice("sex=X", 3, 0.0, 1.0, judged=False)]
+    comparison = _comparison([_slice("sex=Female", 40, 0.66, 0.66), *small])
+    report = evaluation_gate(comparison, SLICE_GATE)
+    assert report.passed
+    [warning] = report.warnings()
+    assert warning.name == "slice_size(sex)" and warning.severity == "warn" and not warning.passed
+    assert warning.detail == (
+        "too small to judge (< 30 rows), not compared with the champion: sex=Other (12 rows), sex=X (3 rows)"
+    )
+    assert not any(c.name.startswith("no_regression(sex=Other") for c in report.checks)
+    decision = decide_promotion(comparison.challenger, comparison.champion, [report], SLICE_GATE)
+    assert decision.promote
+    assert "and on each of 1 slice groups" in decision.reasons[0]
+    assert decision.reasons[1].startswith("warning, slice_size(sex): too small to judge")
+
+
+def test_paired_test_is_reported_and_warns_only_when_significantly_worse() -> None:
+    report = evaluation_gate(_comparison([]), SLICE_GATE)
+    check = next(c for c in report.checks if c.name == "paired_test")
+    assert check.passed and "no significant difference at the 0.05 level" in check.detail
+    assert "accuracy difference +0.0200 (95% CI [-0.0500, +0.0900])" in check.detail
+    assert report.figures["paired_test_p"] == pytest.approx(0.9)
+    worse = evaluation_gate(_comparison([], _paired(10, 30, p_value=0.002)), SLICE_GATE)
+    check = next(c for c in worse.checks if c.name == "paired_test")
+    assert not check.passed and check.severity == "warn"
+    assert "significantly worse at the 0.05 level" in check.detail
+    assert worse.passed  # the tolerance on the overall figures decides, not the test
+
+
+def test_first_model_gets_floors_only() -> None:
+    comparison = _comparison([_slice("sex=Female", 40, 0.2, None)], champion=False)
+    report = evaluation_gate(comparison, SLICE_GATE)
+    assert [c.name for c in report.checks] == ["min_accuracy", "min_macro_f1", "beats_majority_baseline", "no_champion"]
+
+
+def test_an_evaluation_report_given_to_the_decision_is_used() -> None:
+    # The flow appends a failed check when the champion could not be scored: that must block,
+    # not fall back to "no champion yet".
+    report = evaluation_gate_report(_report(0.9, 0.9), None, GATE)
+    report.checks.append(Check("champion_comparable", False, "champion v3 could not be scored on this test data"))
+    decision = decide_promotion(_report(0.9, 0.9), None, [report], GATE)
+    assert not decision.promote
+    assert decision.reasons == ["champion_comparable: champion v3 could not be scored on this test data."]
