@@ -538,7 +538,9 @@ def compare_on_champion_split(
 
     The same measurements as :func:`compare_models`, titled with the champion's data version so
     that the report is never mistaken for the candidate's test split. It is reported, not gated:
-    the evaluation gate judges the candidate's test split.
+    the evaluation gate judges the candidate's test split. Pass only rows the challenger did not
+    train on: when the new data version contains the old one, the champion's test rows may sit
+    in the candidate's training split, and scoring the challenger there would flatter it.
 
     Args:
         y_true: True class indices of the champion's test rows.
