@@ -18,7 +18,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
 import yaml
@@ -28,6 +28,9 @@ from components.dataset import Dataset
 from components.modeling import fit_candidate
 from components.split import SplitIndices
 from components.training import TrainingDiverged
+
+if TYPE_CHECKING:
+    from components.predictor import Predictor
 
 SearchSpace = dict[str, FloatRange | IntRange | Choice]
 TrialState = Literal["complete", "pruned", "failed"]
@@ -312,8 +315,9 @@ class _Objective:
         space: SearchSpace,
         callbacks: TuneCallbacks,
         result: TuneResult,
+        base: Predictor | None,
     ) -> None:
-        self.config, self.dataset, self.space = config, dataset, space
+        self.config, self.dataset, self.space, self.base = config, dataset, space, base
         # Only the rows a trial may learn from or be judged on: the test rows are not even passed on.
         self.split = SplitIndices(split.train, split.val, split.test[:0])
         self.callbacks, self.result = callbacks, result
@@ -341,7 +345,7 @@ class _Objective:
             return TrialOutcome(trial.number, state, params, value, epochs, detail, baseline)
 
         try:
-            candidate = fit_candidate(config, self.dataset, self.split, on_epoch_end=on_epoch_end)
+            candidate = fit_candidate(config, self.dataset, self.split, on_epoch_end=on_epoch_end, base=self.base)
         except optuna.TrialPruned as pruned:
             self._end(outcome("pruned", _best_reported(reported, self.metric), len(reported), str(pruned)))
             raise
@@ -366,6 +370,7 @@ def tune_hyperparameters(
     trials: int | None = None,
     callbacks: TuneCallbacks | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    base: Predictor | None = None,
 ) -> TuneResult:
     """Search the pipeline's hyperparameters; return every trial and the best.
 
@@ -380,6 +385,8 @@ def tune_hyperparameters(
         trials: Number of trials (default: `tune.trials`).
         callbacks: Told of each trial's start, epochs and end.
         pruner: Replaces the configured pruner (tests force pruning with one).
+        base: The model every trial starts from when `train.init` is transfer or warm_start
+            (the one retraining would start from), as in :func:`~components.modeling.fit_candidate`.
 
     Returns:
         The trials in order, the best complete one (`best`), and notes.
@@ -397,7 +404,7 @@ def tune_hyperparameters(
         if config.tune.baseline:
             study.enqueue_trial({}, user_attrs={"baseline": True})
             result.notes.append("trial 0 ran the current settings (the baseline)")
-        objective = _Objective(config, dataset, split, space, callbacks, result)
+        objective = _Objective(config, dataset, split, space, callbacks, result, base)
         study.optimize(objective, n_trials=trials or config.tune.trials, n_jobs=1, catch=(TrainingDiverged,))
     return result
 

@@ -28,12 +28,13 @@ from components.dataset import DataLoadError, Dataset
 from components.gates import Check, GateReport
 from components.label_noise import quarantine
 from components.lineage import code_hash, git_commit
+from components.predictor import Predictor
 from components.registry import Registry
 from components.settings import Settings, load_settings
 from components.split import SplitIndices
 from components.suites import load_suite, suite_path
 from components.validation import build_suite
-from flows.retrain import check, config_key, ingest, label_noise, split, validate, version
+from flows.retrain import base_model, check, config_key, ingest, label_noise, split, validate, version
 
 TUNED_DIR = "tuned"
 
@@ -102,12 +103,18 @@ _task = task(cache_policy=NO_CACHE, persist_result=False)
 
 @_task(name="search")
 def search(
-    config: PipelineConfig, dataset: Dataset, indices: SplitIndices, trials: int, registry: Registry, parent_run_id: str
+    config: PipelineConfig,
+    dataset: Dataset,
+    indices: SplitIndices,
+    trials: int,
+    registry: Registry,
+    parent_run_id: str,
+    base: Predictor | None,
 ) -> tuning.TuneResult:
     """Run the trials, one nested MLflow run each; one progress line per trial."""
     tracker = MlflowTrials(registry, config, parent_run_id, trials, get_run_logger().info)
     try:
-        return tuning.tune_hyperparameters(config, dataset, indices, trials=trials, callbacks=tracker)
+        return tuning.tune_hyperparameters(config, dataset, indices, trials=trials, callbacks=tracker, base=base)
     finally:
         tracker.close("FAILED")  # only open here if a trial crashed
 
@@ -240,7 +247,11 @@ def tune(
     summary = tuning.TuneSummary(tuning.TuneResult(config.name, config.tune.metric), mlflow_run_id=run_id)
     try:
         dataset, indices = _prepare(config, settings, registry, run_id, summary)
-        summary.result = search(config, dataset, indices, n_trials, registry, run_id)
+        # Transfer and warm start: trials start from the model retraining would start from.
+        base, base_ref = base_model(registry, config, registry.alias_version(config.name, names.CHAMPION))
+        if base_ref:
+            registry.set_run_tags(run_id, {names.TAG_BASE_MODEL: base_ref})
+        summary.result = search(config, dataset, indices, n_trials, registry, run_id, base)
         overrides = None
         if summary.result.best is not None:
             target = Path(out) if out else default_overrides_path(settings.home, config.name)

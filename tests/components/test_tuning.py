@@ -262,3 +262,18 @@ def test_a_bad_search_space_fails_at_load_naming_the_key(space: dict[str, Any], 
 
 def test_the_tune_section_leaves_the_config_hash_alone() -> None:
     assert _config(trials=50, metric="val_accuracy").config_hash() == _config().config_hash()
+
+
+def test_transfer_and_warm_start_trials_start_from_the_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset, split = _data()
+    base = object()  # stands in for the Predictor retraining would start from
+    seen: list[object] = []
+    real_fit = tuning.fit_candidate
+
+    def fit(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["base"])
+        return real_fit(*args, **{**kwargs, "base": None})
+
+    monkeypatch.setattr(tuning, "fit_candidate", fit)
+    tuning.tune_hyperparameters(_config(), dataset, split, trials=2, base=base)  # type: ignore[arg-type]
+    assert seen == [base, base]
