@@ -25,7 +25,7 @@ TAG_CONFIG_HASH = "deepgate.config_hash"
 TAG_FINGERPRINT = "deepgate.fingerprint"
 TAG_SEED = "deepgate.seed"
 TAG_FLOW_RUN_ID = "deepgate.prefect_flow_run_id"
-TAG_VERDICT = "deepgate.verdict"  # "promoted" | "rejected" | "pending"
+TAG_VERDICT = "deepgate.verdict"  # "promoted" | "rejected" | "pending" | "aborted"
 TAG_REASONS = "deepgate.reasons"
 TAG_GATE_PREFIX = "deepgate.gate."  # + gate name -> "pass" | "fail" | "not_applicable"
 TAG_PROMOTED_AT = "deepgate.promoted_at"
@@ -42,6 +42,7 @@ RUN_KIND_TUNE_TRIAL = "tune_trial"
 VERDICT_PROMOTED = "promoted"
 VERDICT_REJECTED = "rejected"
 VERDICT_PENDING = "pending"
+VERDICT_ABORTED = "aborted"  # a registry step failed; the aliases were put back
 
 
 def experiment_name(pipeline: str) -> str:

@@ -162,38 +162,11 @@ class Registry:
             self.client.log_artifacts(run_id, str(target), "model")
         return f"{self.client.get_run(run_id).info.artifact_uri}/model"
 
-    def register(self, pipeline: str, source: str, run_id: str, tags: dict[str, str]) -> str:
-        """Create a model version with its tags and alias it `challenger`; returns the version."""
-        from mlflow.exceptions import MlflowException
-
-        name = names.registered_model_name(pipeline)
-        try:
-            self.client.create_registered_model(name, tags={names.TAG_PIPELINE: pipeline})
-        except MlflowException as error:
-            if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
-                raise
-        version = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-        self.client.set_registered_model_alias(name, names.CHALLENGER, version.version)
-        return str(version.version)
-
     def set_version_tags(self, pipeline: str, version: str, tags: dict[str, str]) -> None:
         """Tag a model version."""
         name = names.registered_model_name(pipeline)
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, value)
-
-    def promote(self, pipeline: str, version: str) -> str | None:
-        """Move `champion` to `version` (one registry call: never half-moved).
-
-        Returns:
-            The previous champion's version, or None for the first champion.
-        """
-        previous = self.alias_version(pipeline, names.CHAMPION)
-        name = names.registered_model_name(pipeline)
-        if previous is not None:
-            self.client.set_model_version_tag(name, version, names.TAG_PREVIOUS_CHAMPION, previous.version)
-        self.client.set_registered_model_alias(name, names.CHAMPION, version)
-        return None if previous is None else previous.version
 
     def alias_version(self, pipeline: str, alias: str) -> VersionInfo | None:
         """The version an alias points at, or None."""
@@ -223,9 +196,14 @@ class Registry:
         return sorted(infos, key=lambda v: int(v.version), reverse=True)
 
     def find_by_fingerprint(self, pipeline: str, fingerprint: str) -> VersionInfo | None:
-        """The newest version trained from the same data, code and config, if any."""
+        """The newest version trained from the same data, code and config, if any.
+
+        An aborted version (its release was rolled back) does not count: the same inputs
+        deserve another try.
+        """
         for info in self.versions(pipeline):
-            if info.tags.get(names.TAG_FINGERPRINT) == fingerprint:
+            aborted = info.tags.get(names.TAG_VERDICT) == names.VERDICT_ABORTED
+            if info.tags.get(names.TAG_FINGERPRINT) == fingerprint and not aborted:
                 return info
         return None
 

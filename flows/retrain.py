@@ -39,6 +39,7 @@ from components.lineage import code_hash, fingerprint, git_commit
 from components.predictor import Predictor
 from components.promotion import PromotionDecision, decide_promotion, evaluation_gate_report
 from components.registry import Registry, VersionInfo
+from components.release import Release
 from components.settings import Settings, load_settings
 from components.split import SplitIndices, limit_shots, split_dataset
 from components.suites import load_suite, save_suite, suite_hash, suite_path
@@ -224,12 +225,12 @@ def audit(candidate: modeling.Candidate, dataset: Dataset, indices: SplitIndices
 
 @_task(name="register")
 def register(
-    registry: Registry, run_id: str, candidate: modeling.Candidate, config: PipelineConfig, tags: dict[str, str]
+    registry: Registry, release: Release, run_id: str, candidate: modeling.Candidate, tags: dict[str, str]
 ) -> str:
-    """Log the model package to MLflow and register it as `challenger`."""
+    """Log the model package to MLflow and register it as `challenger` (within the release)."""
     with modeling.saved_package(candidate.predictor) as package:
         source = registry.log_model(run_id, package, modeling.pip_requirements())
-    return registry.register(config.name, source, run_id, tags)
+    return release.register(source, run_id, tags)
 
 
 @_task(name="validate_serving")
@@ -247,15 +248,13 @@ def validate_serving(
 
 
 @_task(name="promote")
-def promote(registry: Registry, config: PipelineConfig, model_version: str, decision: PromotionDecision) -> str | None:
+def promote(registry: Registry, release: Release, config: PipelineConfig, decision: PromotionDecision) -> str | None:
     """Record the verdict; move `champion` when the decision says so. Returns the champion."""
     verdict = names.VERDICT_PROMOTED if decision.promote else names.VERDICT_REJECTED
-    registry.set_version_tags(
-        config.name, model_version, {names.TAG_VERDICT: verdict, names.TAG_REASONS: " | ".join(decision.reasons)[:5000]}
-    )
+    release.tag({names.TAG_VERDICT: verdict, names.TAG_REASONS: " | ".join(decision.reasons)[:5000]})
     if decision.promote:
-        registry.promote(config.name, model_version)
-        return model_version
+        release.promote(reason=" | ".join(decision.reasons))
+        return release.version
     current = registry.alias_version(config.name, names.CHAMPION)
     return None if current is None else current.version
 
@@ -501,24 +500,30 @@ def _retrain(
         names.TAG_VERDICT: names.VERDICT_PENDING,
         **{f"{names.TAG_GATE_PREFIX}{g.gate}": g.status for g in summary.gates},
     }
-    with _stage(summary, "register"):
-        summary.version = register(registry, run_id, candidate, config, tags)
-    with _stage(summary, "validate_serving"):
-        serving = _gate(
-            registry, run_id, summary, validate_serving(registry, config, summary.version, candidate, dataset, indices)
-        )
-        registry.set_version_tags(config.name, summary.version, {f"{names.TAG_GATE_PREFIX}serving": serving.status})
+    # One release: if any registry step below fails, the aliases go back to where they were
+    # and the new version is tagged aborted with the reason.
+    with Release(registry, config.name, by=f"flow run {flow_run_id}") as release:
+        with _stage(summary, "register"):
+            summary.version = register(registry, release, run_id, candidate, tags)
+        with _stage(summary, "validate_serving"):
+            serving = _gate(
+                registry,
+                run_id,
+                summary,
+                validate_serving(registry, config, summary.version, candidate, dataset, indices),
+            )
+            release.tag({f"{names.TAG_GATE_PREFIX}serving": serving.status})
 
-    with _stage(summary, "promote"):
-        decision = decide_promotion(
-            report_eval,
-            champion_eval,
-            [eval_gate, bias, serving],
-            config.gates.evaluation,
-            champion_version=summary.champion,
-        )
-        registry.log_dict(run_id, decision.to_dict(), "promotion/decision.json")
-        summary.champion = promote(registry, config, summary.version, decision)
+        with _stage(summary, "promote"):
+            decision = decide_promotion(
+                report_eval,
+                champion_eval,
+                [eval_gate, bias, serving],
+                config.gates.evaluation,
+                champion_version=summary.champion,
+            )
+            registry.log_dict(run_id, decision.to_dict(), "promotion/decision.json")
+            summary.champion = promote(registry, release, config, decision)
     summary.outcome = "promoted" if decision.promote else "rejected"
     summary.reasons = decision.reasons
 

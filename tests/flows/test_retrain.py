@@ -24,6 +24,7 @@ from components.settings import load_settings
 from components.suites import load_suite, save_suite, suite_hash
 from components.training import TrainingDiverged
 from flows.retrain import GateStopped, retrain
+from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 
@@ -315,3 +316,31 @@ def test_a_run_that_died_in_training_is_resumed_by_the_next(
     assert run.data.metrics["train.epochs_run"] == 3  # all three epochs in its history
     # Finished: the checkpoint is gone, so a later run of other data cannot trip over it.
     assert not list((workspace / ".deepgate" / "checkpoints" / "toronto").glob("*/last.safetensors"))
+
+
+def test_a_registry_failure_mid_promotion_moves_no_alias_and_the_next_run_completes(
+    workspace: Path, arrests: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    retrain(csv_pipeline(workspace, arrests), home=str(workspace))
+    better = csv_pipeline(workspace, arrests, **{"train.seed": 1, "gates.evaluation.max_regression": 1.0})
+    original = MlflowClient.set_registered_model_alias
+
+    def unreachable_for_champion(self: MlflowClient, name: str, alias: str, version: str) -> None:
+        if alias == names.CHAMPION:
+            raise ConnectionError("registry went away")
+        original(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", unreachable_for_champion)
+    with pytest.raises(ConnectionError, match="registry went away"):
+        retrain(better, home=str(workspace))
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", original)
+
+    registry = Registry(load_settings(workspace))
+    aborted, first = registry.versions("toronto")
+    assert (first.version, set(first.aliases)) == ("1", {names.CHAMPION, names.CHALLENGER})  # nothing moved
+    assert aborted.tags[names.TAG_VERDICT] == names.VERDICT_ABORTED
+    assert "move champion to v2" in aborted.tags[names.TAG_REASONS]
+
+    # The same inputs again: the aborted version does not make them "up to date".
+    summary = retrain(better, home=str(workspace))
+    assert (summary.outcome, summary.version, summary.champion) == ("promoted", "3", "3")
