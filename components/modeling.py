@@ -326,3 +326,88 @@ def check_serving(
         )
     )
     return GateReport("serving", checks, figures={"max_abs_diff": diff, "rows": float(len(chosen))})
+
+
+@dataclass
+class Scoring:
+    """The candidate and the champion scored on the candidate's test rows.
+
+    Attributes:
+        comparison: Both models, intervals, the paired test and the slices.
+        y_true: True class indices of the test rows (the candidate's class order).
+        proba: The candidate's probabilities.
+        champion_proba: The champion's probabilities, columns in the candidate's class order;
+            None without a champion or when it could not be scored.
+        champion_error: Why the champion could not be scored, if so (the gate fails closed).
+    """
+
+    comparison: Any
+    y_true: np.ndarray
+    proba: np.ndarray
+    champion_proba: np.ndarray | None
+    champion_error: str | None
+
+
+def score_against(
+    candidate: Predictor, champion: Predictor | None, dataset: Dataset, rows: np.ndarray, config: PipelineConfig
+) -> Scoring:
+    """Score the candidate, and the champion on the same rows, overall and per slice.
+
+    A champion that cannot score these rows (other labels, other columns) is not an error
+    here: `champion_error` says why, and the evaluation gate fails closed on it.
+    """
+    from components.comparison import compare_models, slice_columns, slice_frame
+
+    y_true, proba = predict_rows(candidate, dataset, rows)
+    champion_proba, champion_error = None, None
+    if champion is not None:
+        try:
+            champion_proba = predict_rows(champion, dataset, rows, classes=candidate.classes)[1]
+        except Exception as error:  # any failure: the gate must say why
+            champion_error = f"the champion could not be scored on this test data: {error}"
+    gate = config.gates.evaluation
+    slices = slice_frame(dataset.table.iloc[rows], slice_columns(config.data))
+    comparison = compare_models(
+        y_true,
+        proba,
+        champion_proba,
+        list(candidate.classes),
+        slices,
+        positive=positive_index(candidate),
+        min_slice_size=gate.min_slice_size,
+        n_resamples=gate.n_bootstrap,
+    )
+    return Scoring(comparison, y_true, proba, champion_proba, champion_error)
+
+
+def bias_inputs(
+    candidate: Predictor, scoring: Scoring, dataset: Dataset, indices: SplitIndices, config: PipelineConfig
+) -> dict[str, Any]:
+    """The arguments of :func:`components.bias.audit_bias` for the candidate's test rows.
+
+    The champion's predictions (when it was scored) let the audit check for worsening; the
+    validation scores feed the optional threshold optimizer.
+    """
+    from components.bias import MitigationData
+
+    positive = -1 if candidate.positive_class is None else candidate.classes.index(candidate.positive_class)
+    sensitive = list(config.data.sensitive)
+    mitigation = None
+    if config.gates.bias.mitigation != "none" and positive >= 0:
+        val_true, val_proba = predict_rows(candidate, dataset, indices.val)
+        mitigation = MitigationData(
+            test_scores=scoring.proba[:, positive],
+            val_true=val_true,
+            val_scores=val_proba[:, positive],
+            val_sensitive=dataset.table.iloc[indices.val][sensitive].reset_index(drop=True),
+        )
+    return {
+        "y_true": scoring.y_true,
+        "y_pred": scoring.proba.argmax(axis=1),
+        "sensitive": dataset.table.iloc[indices.test][sensitive].reset_index(drop=True),
+        "gate": config.gates.bias,
+        "positive": positive,
+        "n_classes": len(candidate.classes),
+        "champion_pred": None if scoring.champion_proba is None else scoring.champion_proba.argmax(axis=1),
+        "mitigation": mitigation,
+    }

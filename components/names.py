@@ -29,6 +29,7 @@ TAG_VERDICT = "deepgate.verdict"  # "promoted" | "rejected" | "pending" | "abort
 TAG_REASONS = "deepgate.reasons"
 TAG_GATE_PREFIX = "deepgate.gate."  # + gate name -> "pass" | "fail" | "not_applicable"
 TAG_PROMOTED_AT = "deepgate.promoted_at"
+TAG_PROMOTED_BY = "deepgate.promoted_by"  # who promoted it by hand (deepgate promote)
 TAG_PREVIOUS_CHAMPION = "deepgate.previous_champion"
 
 # Run tags of `deepgate tune`: the search's parent run and one nested run per trial.
@@ -53,3 +54,5 @@ def experiment_name(pipeline: str) -> str:
 def registered_model_name(pipeline: str) -> str:
     """MLflow registered model of a pipeline."""
     return f"deepgate-{pipeline}"
+
+CONFIG_ARTIFACT = "config.json"  # the run's whole pipeline config, as validated

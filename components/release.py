@@ -99,12 +99,13 @@ class Release:
         registry: The MLflow edge.
         pipeline: The pipeline whose registered model changes.
         by: Who or what makes the changes (recorded in the champion's history).
+        version: An existing version to promote (by hand); None: :meth:`register` makes one.
     """
 
-    def __init__(self, registry: Registry, pipeline: str, by: str) -> None:
+    def __init__(self, registry: Registry, pipeline: str, by: str, version: str | None = None) -> None:
         self.registry, self.pipeline, self.by = registry, pipeline, by
         self.name = names.registered_model_name(pipeline)
-        self.version: str | None = None
+        self.version = version
         self.step = "start"
         self._undo: list[tuple[str, Callable[[], None]]] = []
 

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
@@ -350,9 +351,11 @@ def status(
     _prepare_environment(settings)
     from components.registry import Registry
 
+    from components.release import champion_history
+
     registry = Registry(settings)
     pipelines = [pipeline] if pipeline else sorted(bundled_pipelines(settings.params_path))
-    report: dict[str, list[dict[str, Any]]] = {}
+    report: dict[str, dict[str, Any]] = {}
     for name in pipelines:
         rows = []
         for v in registry.versions(name):
@@ -373,11 +376,13 @@ def status(
                     "reasons": v.tags.get(names.TAG_REASONS, ""),
                 }
             )
-        report[name] = rows
+        history = [change.to_dict() for change in champion_history(registry, name)]
+        report[name] = {"versions": rows, "champion_history": history}
     if as_json:
         print(json.dumps(report, indent=2))  # plain: rich would wrap long strings
         return
-    for name, rows in report.items():
+    for name, entry in report.items():
+        rows = entry["versions"]
         table = Table(title=f"{name} ({names.registered_model_name(name)})")
         for column in ("version", "aliases", "verdict", "accuracy", "macro-F1", "data", "gates"):
             table.add_column(column, overflow="fold")
@@ -394,6 +399,81 @@ def status(
         if not rows:
             table.add_row("-", "-", "no versions yet", "", "", "", "")
         console.print(table)
+        if entry["champion_history"]:
+            changes = Table(title=f"{name}: champion changes")
+            for column in ("#", "when (UTC)", "kind", "champion", "by", "why"):
+                changes.add_column(column, overflow="fold")
+            for change in entry["champion_history"]:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(change["at_ms"] / 1000))
+                before = f"v{change['previous']} -> " if change["previous"] else ""
+                changes.add_row(
+                    str(change["seq"]),
+                    when,
+                    change["kind"],
+                    f"{before}v{change['version']}",
+                    change["by"],
+                    change["reason"][:300],
+                )
+            console.print(changes)
+
+
+def _who() -> str:
+    """The person at the keyboard, for the champion's history."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        return "unknown"
+
+
+@app.command()
+def promote(
+    pipeline: Annotated[str, typer.Argument(help="The pipeline.")],
+    version: Annotated[str, typer.Argument(help="The registered version to make champion.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote even if gates fail (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why (required with --force; recorded).")] = None,
+    by: Annotated[str | None, typer.Option(help="Who promotes (default: the current user).")] = None,
+) -> None:
+    """Make VERSION champion, after re-running the evaluation, bias and serving gates against the champion."""
+    if force and not (reason and reason.strip()):
+        err.print("[red]error:[/red] --force needs --reason TEXT (it is recorded in the champion's history)")
+        raise typer.Exit(EXIT_ERROR)
+    settings = load_settings()
+    _prepare_environment(settings)
+    from flows.promote import PromotionRefused, promote_version
+
+    try:
+        outcome = promote_version(
+            pipeline, version, by=by or _who(), force_reason=reason if force else None, home=str(settings.home)
+        )
+    except PromotionRefused as error:
+        err.print(f"[red]not promoted:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_GATE) from None
+    before = f"v{outcome.previous}" if outcome.previous else "nobody"
+    how = "FORCED past failing gates" if outcome.forced else "the gates passed"
+    console.print(f"{pipeline}: v{outcome.version} is champion (was {before}); {how}", highlight=False)
+    for line in outcome.reasons:
+        console.print(f"  - {line}", highlight=False)
+
+
+@app.command()
+def rollback(
+    pipeline: Annotated[str, typer.Argument(help="The pipeline.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the champion's history).")] = "rolled back by hand",
+    by: Annotated[str | None, typer.Option(help="Who rolls back (default: the current user).")] = None,
+) -> None:
+    """Point champion back at the version it replaced (recorded; serving follows without restart)."""
+    settings = load_settings()
+    _prepare_environment(settings)
+    from flows.promote import rollback as roll_back
+
+    try:
+        change = roll_back(pipeline, by or _who(), reason, home=str(settings.home))
+    except ValueError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    console.print(f"{pipeline}: champion v{change.previous} -> v{change.version} (rollback)", highlight=False)
 
 
 @app.command()

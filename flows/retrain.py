@@ -26,18 +26,24 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
 from components import modeling, names
-from components.bias import audit_bias
+from components.bias import BiasReport, audit_bias, plot_group_rates
 from components.config import PipelineConfig
 from components.dataset import DataLoadError, Dataset
 from components.dataset import ingest as dataset_ingest
 from components.drift import detect_drift
-from components.evaluation import EvalReport, plot_confusion_matrix, plot_learning_curves
+from components.evaluation import (
+    plot_confusion_matrix,
+    plot_learning_curves,
+    plot_pr_curve,
+    plot_reliability,
+    plot_roc_curve,
+)
 from components.gates import Check, GateReport
 from components.label_noise import LabelNoiseReport, find_label_noise, quarantine
 from components.labels import check_labels, leakage
 from components.lineage import code_hash, fingerprint, git_commit
 from components.predictor import Predictor
-from components.promotion import PromotionDecision, decide_promotion, evaluation_gate_report
+from components.promotion import PromotionDecision, decide_promotion, evaluation_gate
 from components.registry import Registry, VersionInfo
 from components.release import Release
 from components.settings import Settings, load_settings
@@ -195,32 +201,33 @@ def evaluate(
     registry: Registry,
     config: PipelineConfig,
     champion: str | None,
-) -> tuple[EvalReport, EvalReport | None, str | None]:
-    """Score the candidate and the current champion on the same test rows."""
-    report = modeling.score(candidate.predictor, dataset, indices.test)
-    if champion is None:
-        return report, None, None
-    try:
-        with registry.package(config.name, champion) as package:
-            return report, modeling.score(modeling.load_predictor(package), dataset, indices.test), None
-    except Exception as error:  # the champion may not accept this data: fail closed, say why
-        return report, None, f"champion v{champion} could not be scored on this test data: {error}"
+) -> modeling.Scoring:
+    """Score the candidate and the current champion on the same test rows, overall and per slice."""
+    champion_model, error = None, None
+    if champion is not None:
+        try:
+            with registry.package(config.name, champion) as package:
+                champion_model = modeling.load_predictor(package)
+        except Exception as failure:  # an unreadable champion: the gate fails closed, says why
+            error = f"champion v{champion} could not be loaded: {failure}"
+    scoring = modeling.score_against(candidate.predictor, champion_model, dataset, indices.test, config)
+    if error is not None:
+        scoring.champion_error = error
+    elif scoring.champion_error is not None:
+        scoring.champion_error = f"champion v{champion}: {scoring.champion_error}"
+    return scoring
 
 
 @_task(name="audit_bias")
-def audit(candidate: modeling.Candidate, dataset: Dataset, indices: SplitIndices, config: PipelineConfig) -> GateReport:
-    """Fairness of the candidate's test predictions across sensitive groups."""
-    y_true, y_pred, positive = modeling.binary_outcomes(candidate.predictor, dataset, indices.test, config.data)
-    groups = dataset.table.iloc[indices.test][config.data.sensitive].reset_index(drop=True)
-    return audit_bias(
-        y_true,
-        y_pred,
-        groups,
-        config.gates.bias,
-        positive=positive,
-        min_group_size=config.gates.bias.min_group_size,
-        n_classes=len(candidate.predictor.classes),
-    )
+def audit(
+    candidate: modeling.Candidate,
+    scoring: modeling.Scoring,
+    dataset: Dataset,
+    indices: SplitIndices,
+    config: PipelineConfig,
+) -> BiasReport:
+    """Fairness of the candidate's test predictions across sensitive groups, and against the champion."""
+    return audit_bias(**modeling.bias_inputs(candidate.predictor, scoring, dataset, indices, config))
 
 
 @_task(name="register")
@@ -285,6 +292,23 @@ def _suite(
     return suite
 
 
+def log_evaluation(registry: Registry, run_id: str, scoring: modeling.Scoring, positive: int) -> None:
+    """The evaluation's figures, reports and plots on the MLflow run."""
+    comparison = scoring.comparison
+    registry.log_metrics(run_id, {f"test.{k}": v for k, v in comparison.challenger.metrics().items()})
+    if comparison.champion is not None:
+        registry.log_metrics(run_id, {f"champion.{k}": v for k, v in comparison.champion.metrics().items()})
+    registry.log_dict(run_id, comparison.challenger.to_dict(), "evaluation/report.json")
+    registry.log_dict(run_id, comparison.to_dict(), "evaluation/comparison.json")
+    registry.log_text(run_id, comparison.to_markdown(), "evaluation/comparison.md")
+    registry.log_figure(run_id, plot_confusion_matrix(comparison.challenger), "plots/confusion_matrix.png")
+    registry.log_figure(run_id, plot_reliability(scoring.y_true, scoring.proba), "plots/reliability.png")
+    if scoring.proba.shape[1] == 2 and len(np.unique(scoring.y_true)) == 2:  # curves need both classes
+        for plot, name in ((plot_roc_curve, "roc_curve"), (plot_pr_curve, "pr_curve")):
+            figure = plot(scoring.y_true, scoring.proba, positive=positive, champion_proba=scoring.champion_proba)
+            registry.log_figure(run_id, figure, f"plots/{name}.png")
+
+
 def _gate(registry: Registry, run_id: str, summary: RunSummary, report: GateReport) -> GateReport:
     summary.add_gate(report)
     registry.log_dict(run_id, report.to_dict(), f"gates/{report.gate}.json")
@@ -334,6 +358,7 @@ def retrain(config: PipelineConfig, home: str | None = None) -> RunSummary:
     )
     summary.mlflow_run_id = run_id
     registry.log_params(run_id, config.model_dump(mode="json"))
+    registry.log_dict(run_id, config.model_dump(mode="json"), names.CONFIG_ARTIFACT)  # for `deepgate promote`
     try:
         _retrain(config, settings, registry, summary, run_id, code, commit, flow_run_id)
     except GateStopped:
@@ -467,21 +492,19 @@ def _retrain(
     registry.log_figure(run_id, plot_learning_curves(candidate.result.history), "plots/learning_curves.png")
 
     with _stage(summary, "evaluate"):
-        report_eval, champion_eval, champion_error = evaluate(
-            candidate, dataset, indices, registry, config, summary.champion
-        )
-        registry.log_metrics(run_id, {f"test.{k}": v for k, v in report_eval.metrics().items()})
-        registry.log_dict(run_id, report_eval.to_dict(), "evaluation/report.json")
-        registry.log_figure(run_id, plot_confusion_matrix(report_eval), "plots/confusion_matrix.png")
-        if champion_eval is not None:
-            registry.log_metrics(run_id, {f"champion.{k}": v for k, v in champion_eval.metrics().items()})
-        eval_gate = evaluation_gate_report(report_eval, champion_eval, config.gates.evaluation)
-        if champion_error:
-            eval_gate.checks.append(Check("champion_comparable", False, champion_error))
+        scoring = evaluate(candidate, dataset, indices, registry, config, summary.champion)
+        comparison = scoring.comparison
+        report_eval, champion_eval = comparison.challenger, comparison.champion
+        log_evaluation(registry, run_id, scoring, modeling.positive_index(candidate.predictor))
+        eval_gate = evaluation_gate(comparison, config.gates.evaluation)
+        if scoring.champion_error:
+            eval_gate.checks.append(Check("champion_comparable", False, scoring.champion_error))
         _gate(registry, run_id, summary, eval_gate)
     summary.metrics = {k: v for k, v in report_eval.metrics().items() if v is not None}
     with _stage(summary, "audit_bias"):
-        bias = _gate(registry, run_id, summary, audit(candidate, dataset, indices, config))
+        bias = _gate(registry, run_id, summary, audit(candidate, scoring, dataset, indices, config))
+        if isinstance(bias, BiasReport) and bias.groups:
+            registry.log_figure(run_id, plot_group_rates(bias), "plots/fairness_groups.png")
 
     tags = {
         names.TAG_PIPELINE: config.name,

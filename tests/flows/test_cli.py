@@ -17,7 +17,7 @@ import yaml
 from fastapi.testclient import TestClient
 from rich.console import Console
 from sklego.datasets import load_arrests
-from toronto import toronto_raw
+from toronto import ANY_CHANGE, toronto_raw
 from typer.testing import CliRunner
 
 from components import names
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 # "Initialized DVC repository" line would crash the flow. (One command per process, as in
 # real use, never meets this.)
 
-COMMANDS = ["run", "tune", "status", "serve", "ui", "schedule"]
+COMMANDS = ["run", "tune", "status", "promote", "rollback", "serve", "ui", "schedule", "train-worker"]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def write_pipeline(workspace: Path, frame: pd.DataFrame, **changes: object) -> P
 def status_of(deepgate, pipeline: str) -> list[dict]:
     code, output = deepgate("status", pipeline, "--json")
     assert code == 0, output
-    return json.loads(output)[pipeline]
+    return json.loads(output)[pipeline]["versions"]
 
 
 def test_run_promotes_then_a_corrupted_file_stops_at_validation(
@@ -171,7 +171,7 @@ def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: 
 
         # A second version that cannot be rejected for regressing against v1.
         code, output = deepgate(
-            "run", "--config", "good.yaml", "--set", "train.seed=1", "--set", "gates.evaluation.max_regression=1.0"
+            "run", "--config", "good.yaml", "--set", "train.seed=1", *(f"--set={k}={v}" for k, v in ANY_CHANGE.items())
         )
         assert code == 0, output
         assert registry.alias_version("toronto", names.CHAMPION).version == "2", output
@@ -186,3 +186,40 @@ def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: 
         expected = Predictor.load(package).predict_records(rows)
     np.testing.assert_allclose(second["probabilities"], expected, rtol=0, atol=1e-6)
     assert not np.allclose(first["probabilities"], second["probabilities"])  # another model answers
+
+
+def test_promote_by_hand_runs_the_gates_force_needs_a_reason_and_rollback_undoes_it(
+    workspace: Path, arrests: pd.DataFrame, deepgate
+) -> None:
+    write_pipeline(workspace, arrests)
+    assert deepgate("run", "--config", "good.yaml")[0] == 0
+    # v2 fails its accuracy floor: registered, rejected, not champion.
+    write_pipeline(workspace, arrests, **{"train.seed": 1, "gates.evaluation.min_accuracy": 0.99})
+    code, output = deepgate("run", "--config", "good.yaml")
+    assert code == 0 and "rejected" in output, output
+
+    # The same gates, re-run by hand on v2's own data and config: still refused.
+    code, output = deepgate("promote", "toronto", "2")
+    assert code == 2, output
+    assert "did not pass the gates" in output and "0.99" in output
+    code, output = deepgate("promote", "toronto", "2", "--force")
+    assert code == 1 and "--force needs --reason" in output, output
+    code, output = deepgate("promote", "toronto", "2", "--force", "--reason", "hotfix for the audit", "--by", "alice")
+    assert code == 0, output
+    assert "v2 is champion (was v1); FORCED past failing gates" in output
+
+    code, output = deepgate("rollback", "toronto", "--reason", "hotfix broke serving", "--by", "bob")
+    assert code == 0, output
+    assert "champion v2 -> v1 (rollback)" in output
+    code, output = deepgate("status", "toronto", "--json")
+    history = json.loads(output)["toronto"]["champion_history"]
+    assert [(c["kind"], c["previous"], c["version"], c["by"]) for c in history] == [
+        ("promoted", None, "1", history[0]["by"]),
+        ("forced", "1", "2", "alice"),
+        ("rollback", "2", "1", "bob"),
+    ]
+    assert history[1]["reason"] == "forced by alice: hotfix for the audit"
+    code, output = deepgate("status", "toronto")
+    assert "champion changes" in output and "hotfix broke serving" in output
+    code, output = deepgate("promote", "toronto", "7")
+    assert code == 2 and "has no version 7" in output, output
