@@ -511,6 +511,18 @@ def _space_problems(train: TrainConfig, space: dict[str, Any]) -> list[str]:
     return problems
 
 
+class PromoteConfig(_Strict):
+    """Who signs off a promotion the gates allow."""
+
+    approval: Literal["none", "required"] = Field(
+        "none",
+        description="required: the flow pauses for a person's decision (Prefect UI or `prefect flow-run resume`) "
+        "before champion moves; rejection or timeout leaves champion unchanged.",
+    )
+    approval_timeout_s: int = Field(86_400, gt=0, description="Seconds to wait for the decision.")
+    approval_poll_s: int = Field(10, gt=0, description="Seconds between checks for the decision.")
+
+
 class PipelineConfig(_Strict):
     """One pipeline: data, split, training, gates and (optionally) the hyperparameter search."""
 
@@ -521,6 +533,7 @@ class PipelineConfig(_Strict):
     train: TrainConfig
     gates: GatesConfig = Field(default_factory=GatesConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -543,9 +556,10 @@ class PipelineConfig(_Strict):
         """A stable hash of everything that changes the trained model.
 
         The `tune:` section only steers `deepgate tune` (whose results reach training as
-        overrides), so editing it never makes a registered model look out of date.
+        overrides) and `promote:` only who signs off, so editing them never makes a registered
+        model look out of date.
         """
-        payload = json.dumps(self.model_dump(mode="json", exclude={"tune"}), sort_keys=True)
+        payload = json.dumps(self.model_dump(mode="json", exclude={"tune", "promote"}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -30,6 +30,9 @@ TAG_REASONS = "deepgate.reasons"
 TAG_GATE_PREFIX = "deepgate.gate."  # + gate name -> "pass" | "fail" | "not_applicable"
 TAG_PROMOTED_AT = "deepgate.promoted_at"
 TAG_PROMOTED_BY = "deepgate.promoted_by"  # who promoted it by hand (deepgate promote)
+TAG_APPROVAL_DECISION = "deepgate.approval.decision"  # "approved" | "rejected" | "timeout" | "refused"
+TAG_APPROVAL_BY = "deepgate.approval.by"
+TAG_APPROVAL_COMMENT = "deepgate.approval.comment"
 TAG_PREVIOUS_CHAMPION = "deepgate.previous_champion"
 
 # Run tags of `deepgate tune`: the search's parent run and one nested run per trial.
@@ -43,6 +46,7 @@ RUN_KIND_TUNE_TRIAL = "tune_trial"
 VERDICT_PROMOTED = "promoted"
 VERDICT_REJECTED = "rejected"
 VERDICT_PENDING = "pending"
+VERDICT_AWAITING_APPROVAL = "awaiting_approval"  # the gates passed; a person decides
 VERDICT_ABORTED = "aborted"  # a registry step failed; the aliases were put back
 
 

@@ -24,8 +24,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 
 from components import modeling, names
+from components.approval import judge_approval
 from components.bias import BiasReport, audit_bias, plot_group_rates
 from components.config import PipelineConfig
 from components.dataset import DataLoadError, Dataset
@@ -292,6 +296,50 @@ def _suite(
     return suite
 
 
+class Approval(RunInput):
+    """A person's answer to "make this version champion?" (the form in the Prefect UI)."""
+
+    approver: str
+    approve: bool
+    comment: str = ""
+
+
+def ask_approval(
+    registry: Registry, release: Release, config: PipelineConfig, decision: PromotionDecision, run_id: str
+) -> PromotionDecision:
+    """Pause the flow until a person approves or rejects the promotion the gates allow."""
+    settings = config.promote
+    release.tag({names.TAG_VERDICT: names.VERDICT_AWAITING_APPROVAL})
+    question = (
+        f"**Make v{release.version} of {config.name} the champion?** The gates passed: "
+        + " ".join(decision.reasons)
+        + f"\n\nThe candidate's MLflow run: `{run_id}` (artifacts: `model_card.html`, `evaluation/`, `gates/`)."
+        + f" Resume with `prefect flow-run resume` or in the UI; no answer in {settings.approval_timeout_s}s"
+        " leaves the champion unchanged."
+    )
+    get_run_logger().info("waiting for approval of v%s (%ss at most)", release.version, settings.approval_timeout_s)
+    try:
+        answer = pause_flow_run(
+            wait_for_input=Approval.with_initial_data(description=question, approver="", approve=False),
+            timeout=settings.approval_timeout_s,
+            poll_interval=settings.approval_poll_s,
+            key=f"approve-{config.name}-v{release.version}",
+        )
+        given = None if answer is None else answer.model_dump(include={"approver", "approve", "comment"})
+    except FlowPauseTimeout:
+        given = None
+    challenger = registry.alias_version(config.name, names.CHALLENGER)
+    decision, tags = judge_approval(
+        decision,
+        given,
+        str(release.version),
+        None if challenger is None else challenger.version,
+        settings.approval_timeout_s,
+    )
+    release.tag(tags)
+    return decision
+
+
 def log_evaluation(registry: Registry, run_id: str, scoring: modeling.Scoring, positive: int) -> None:
     """The evaluation's figures, reports and plots on the MLflow run."""
     comparison = scoring.comparison
@@ -545,6 +593,8 @@ def _retrain(
                 config.gates.evaluation,
                 champion_version=summary.champion,
             )
+            if decision.promote and config.promote.approval == "required":
+                decision = ask_approval(registry, release, config, decision, run_id)
             registry.log_dict(run_id, decision.to_dict(), "promotion/decision.json")
             summary.champion = promote(registry, release, config, decision)
     summary.outcome = "promoted" if decision.promote else "rejected"
