@@ -20,8 +20,10 @@ from components import names, training
 from components.config import PipelineConfig, build_config
 from components.predictor import Predictor
 from components.registry import Registry
+from components.release import champion_history
 from components.settings import load_settings
 from components.suites import load_suite, save_suite, suite_hash
+from components.summary import RunSummary
 from components.training import TrainingDiverged
 from flows.retrain import GateStopped, retrain
 from mlflow import MlflowClient
@@ -344,3 +346,30 @@ def test_a_registry_failure_mid_promotion_moves_no_alias_and_the_next_run_comple
     # The same inputs again: the aborted version does not make them "up to date".
     summary = retrain(better, home=str(workspace))
     assert (summary.outcome, summary.version, summary.champion) == ("promoted", "3", "3")
+
+
+def test_a_retried_flow_run_registers_once_and_moves_champion_once(
+    workspace: Path, arrests: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run fails after promoting (writing its last artifact); Prefect retries the same flow
+    # run, which finds its own version and changes nothing.
+    calls = {"n": 0}
+    original = RunSummary.to_markdown
+
+    def fails_once(self: RunSummary) -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk full")
+        return original(self)
+
+    monkeypatch.setattr(RunSummary, "to_markdown", fails_once)
+    summary = retrain.with_options(retries=1, retry_delay_seconds=0)(
+        csv_pipeline(workspace, arrests), home=str(workspace)
+    )
+
+    assert calls["n"] == 2  # failed once, retried once
+    assert (summary.outcome, summary.version) == ("up_to_date", "1")
+    registry = Registry(load_settings(workspace))
+    [version] = registry.versions("toronto")
+    assert names.CHAMPION in version.aliases
+    assert [c.version for c in champion_history(registry, "toronto")] == ["1"]  # moved once
