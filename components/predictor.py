@@ -5,9 +5,13 @@ Layout (what is logged to MLflow and what the serving app loads)::
     model.safetensors   the network's state_dict (safetensors: tensors only, no pickle)
     spec.json           {"format", "modality", "arch", "arch_params", "classes",
                          "preprocessor", "positive_class", "metadata"}
+    model.onnx          the network + softmax as ONNX (see components/onnx_export.py); packages
+                        from before the ONNX export lack it and load with torch
 
 Nothing in the package is ever unpickled: the network is rebuilt from `arch` and
-`arch_params` with :func:`components.models.build_model`, then the weights are loaded into it.
+`arch_params` with :func:`components.models.build_model`, then the weights are loaded into it;
+the ONNX graph is protobuf. Either backend (ONNX Runtime or torch) runs behind the same
+preprocessing code, the package's own, so serving cannot skew from training.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -37,6 +41,12 @@ FORMAT = "deepgate-model/1"
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "spec.json"
 BATCH_SIZE = 1024
+ONNX_FILE = "model.onnx"
+# Files derived from the weights: a save() over an old package removes them, as they would
+# no longer match.
+_DERIVED_FILES = (ONNX_FILE, "model.int8.onnx")
+
+Backend = Literal["onnx", "torch", "auto"]
 
 
 class ModelPackageError(ValueError):
@@ -54,6 +64,8 @@ class Predictor:
         arch_params: The keyword arguments `net` was built with.
         metadata: Free JSON-able lineage (pipeline, data_version, ...).
         positive_class: For binary problems, the label treated as positive (may be None).
+        onnx: An ONNX Runtime network (features -> probabilities) to run instead of `net`;
+            `net` is still kept (saving, explanations, warm starts use it).
     """
 
     def __init__(
@@ -66,8 +78,10 @@ class Predictor:
         metadata: Mapping[str, Any] | None = None,
         *,
         positive_class: str | None = None,
+        onnx: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
-        self.net = net.eval()  # dropout off, BatchNorm on running stats: inference only from here
+        self.net = net.eval()
+        self.onnx = onnx  # dropout off, BatchNorm on running stats: inference only from here
         self.preprocessor = preprocessor
         self.classes = [str(c) for c in classes]
         self.arch = arch
@@ -84,6 +98,11 @@ class Predictor:
     def modality(self) -> str:
         """`tabular` or `image`, from the preprocessor."""
         return "image" if isinstance(self.preprocessor, ImagePreprocessor) else "tabular"
+
+    @property
+    def backend(self) -> str:
+        """`onnx` when ONNX Runtime answers, else `torch`."""
+        return "torch" if self.onnx is None else "onnx"
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -134,6 +153,11 @@ class Predictor:
         return [self.classes[i] for i in np.asarray(probabilities).argmax(axis=1)]
 
     def _forward(self, features: np.ndarray) -> np.ndarray:
+        if self.onnx is not None:
+            batches = [self.onnx(features[i : i + BATCH_SIZE]) for i in range(0, len(features), BATCH_SIZE)]
+            if not batches:
+                return np.zeros((0, len(self.classes)), dtype=np.float32)
+            return np.concatenate(batches).astype(np.float32, copy=False)
         device = next(self.net.parameters()).device
         outputs = []
         # inference_mode: no autograd bookkeeping; batches bound memory on large offline calls.
@@ -169,11 +193,18 @@ class Predictor:
         # Write then rename, so that a reader never sees a half-written file.
         _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
         _atomic_write(path / SPEC_FILE, lambda tmp: tmp.write_text(spec_text + "\n", encoding="utf-8"))
+        for name in _DERIVED_FILES:
+            (path / name).unlink(missing_ok=True)
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> Predictor:
+    def load(cls, directory: str | os.PathLike[str], backend: Backend = "auto") -> Predictor:
         """Read a package written by :meth:`save`, on CPU, in eval mode.
+
+        Args:
+            directory: The package folder.
+            backend: `onnx` runs `model.onnx` in ONNX Runtime (it must exist), `torch` runs
+                the safetensors weights, `auto` takes ONNX Runtime when `model.onnx` exists.
 
         Raises:
             ModelPackageError: A file is missing or corrupt, the format is unknown, or the
@@ -190,6 +221,7 @@ class Predictor:
             net.load_state_dict(_read_weights(path), strict=True)
         except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
             raise ModelPackageError(f"{path / WEIGHTS_FILE} does not fit arch {spec['arch']!r}: {error}") from None
+        onnx = _onnx_network(path, backend)
         try:
             return cls(
                 net,
@@ -199,9 +231,27 @@ class Predictor:
                 spec["arch_params"],
                 spec.get("metadata"),
                 positive_class=spec.get("positive_class"),
+                onnx=onnx,
             )
         except ValueError as error:
             raise ModelPackageError(f"{path / SPEC_FILE} is inconsistent: {error}") from None
+
+
+def _onnx_network(path: Path, backend: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The ONNX Runtime network for `backend`, or None for torch."""
+    if backend not in ("onnx", "torch", "auto"):
+        raise ValueError(f"unknown backend {backend!r}; use onnx, torch or auto")
+    onnx_path = path / ONNX_FILE
+    if backend == "torch" or (backend == "auto" and not onnx_path.is_file()):
+        return None
+    if not onnx_path.is_file():
+        raise ModelPackageError(f"backend 'onnx' asked for, but {onnx_path} does not exist")
+    from components.onnx_export import OnnxNetwork
+
+    try:
+        return OnnxNetwork(onnx_path)
+    except Exception as error:  # onnxruntime raises its own error types for bad graphs
+        raise ModelPackageError(f"{onnx_path} is corrupt or not an ONNX model: {error}") from None
 
 
 def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
