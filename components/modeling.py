@@ -339,6 +339,8 @@ class Scoring:
         champion_proba: The champion's probabilities, columns in the candidate's class order;
             None without a champion or when it could not be scored.
         champion_error: Why the champion could not be scored, if so (the gate fails closed).
+        champion_split: Both models on the champion's own test split, when the champion learnt
+            from another data version (reported, not gated); else None.
     """
 
     comparison: Any
@@ -346,6 +348,7 @@ class Scoring:
     proba: np.ndarray
     champion_proba: np.ndarray | None
     champion_error: str | None
+    champion_split: Any = None
 
 
 def score_against(
@@ -411,3 +414,63 @@ def bias_inputs(
         "champion_pred": None if scoring.champion_proba is None else scoring.champion_proba.argmax(axis=1),
         "mitigation": mitigation,
     }
+
+
+def score_on_champion_split(
+    candidate: Predictor,
+    champion: Predictor,
+    reference: Dataset,
+    dataset: Dataset,
+    indices: SplitIndices,
+    config: PipelineConfig,
+    data_version: str,
+) -> Any:
+    """Both models on the champion's own test split, when the champion learnt from other data.
+
+    The champion's test rows are re-derived from its data version with the same split
+    settings. Rows the candidate trained on (the same values, label included: new data often
+    contains the old) are left out, since scoring the challenger on them would flatter it.
+    Reported beside the gate, not gated.
+
+    Returns:
+        A ComparisonReport titled with the champion's data version, or None when no such row
+        is left.
+    """
+    from components.comparison import compare_on_champion_split, slice_columns, slice_frame
+    from components.split import split_dataset
+
+    champion_test = split_dataset(reference, config.data, config.split).test
+    trained = set(_row_keys(dataset, indices.train, config.data))
+    keep = [key not in trained for key in _row_keys(reference, champion_test, config.data)]
+    champion_test = champion_test[np.asarray(keep, dtype=bool)]
+    if len(champion_test) == 0:
+        return None
+    y_true, proba = predict_rows(candidate, reference, champion_test)
+    champion_proba = predict_rows(champion, reference, champion_test, classes=candidate.classes)[1]
+    gate = config.gates.evaluation
+    return compare_on_champion_split(
+        y_true,
+        proba,
+        champion_proba,
+        list(candidate.classes),
+        slice_frame(reference.table.iloc[champion_test], slice_columns(config.data)),
+        data_version=data_version,
+        positive=positive_index(candidate),
+        min_slice_size=gate.min_slice_size,
+        n_resamples=gate.n_bootstrap,
+    )
+
+
+def _row_keys(dataset: Dataset, rows: np.ndarray, data: DataConfig) -> list[str]:
+    """One key per example from its inputs and label, equal for equal examples across datasets."""
+    import hashlib
+
+    import pandas as pd
+
+    labels = [str(v) for v in dataset.labels.iloc[rows]]
+    if dataset.images is not None:
+        digests = [hashlib.sha256(dataset.images[r].tobytes()).hexdigest() for r in rows]
+        return [f"{d}:{label}" for d, label in zip(digests, labels, strict=True)]
+    columns = feature_columns(data, dataset.table)
+    hashed = pd.util.hash_pandas_object(dataset.table.iloc[rows][columns].astype(str), index=False)
+    return [f"{h}:{label}" for h, label in zip(hashed, labels, strict=True)]

@@ -205,8 +205,13 @@ def evaluate(
     registry: Registry,
     config: PipelineConfig,
     champion: str | None,
+    reference: tuple[Dataset, str] | None = None,
 ) -> modeling.Scoring:
-    """Score the candidate and the current champion on the same test rows, overall and per slice."""
+    """Score the candidate and the current champion on the same test rows, overall and per slice.
+
+    With `reference` (the champion's data and its version, when it differs from this run's),
+    both are also scored on the champion's own test split, reported beside the gate.
+    """
     champion_model, error = None, None
     if champion is not None:
         try:
@@ -219,6 +224,13 @@ def evaluate(
         scoring.champion_error = error
     elif scoring.champion_error is not None:
         scoring.champion_error = f"champion v{champion}: {scoring.champion_error}"
+    elif champion_model is not None and reference is not None:
+        try:
+            scoring.champion_split = modeling.score_on_champion_split(
+                candidate.predictor, champion_model, reference[0], dataset, indices, config, reference[1]
+            )
+        except Exception as failure:  # information only: never blocks, but says why it is missing
+            get_run_logger().warning("could not score the champion's own test split: %s", failure)
     return scoring
 
 
@@ -349,6 +361,9 @@ def log_evaluation(registry: Registry, run_id: str, scoring: modeling.Scoring, p
     registry.log_dict(run_id, comparison.challenger.to_dict(), "evaluation/report.json")
     registry.log_dict(run_id, comparison.to_dict(), "evaluation/comparison.json")
     registry.log_text(run_id, comparison.to_markdown(), "evaluation/comparison.md")
+    if scoring.champion_split is not None:
+        registry.log_dict(run_id, scoring.champion_split.to_dict(), "evaluation/champion_split.json")
+        registry.log_text(run_id, scoring.champion_split.to_markdown(), "evaluation/champion_split.md")
     registry.log_figure(run_id, plot_confusion_matrix(comparison.challenger), "plots/confusion_matrix.png")
     registry.log_figure(run_id, plot_reliability(scoring.y_true, scoring.proba), "plots/reliability.png")
     if scoring.proba.shape[1] == 2 and len(np.unique(scoring.y_true)) == 2:  # curves need both classes
@@ -540,7 +555,9 @@ def _retrain(
     registry.log_figure(run_id, plot_learning_curves(candidate.result.history), "plots/learning_curves.png")
 
     with _stage(summary, "evaluate"):
-        scoring = evaluate(candidate, dataset, indices, registry, config, summary.champion)
+        champion_data = None if champion is None else champion.tags.get(names.TAG_DATA_VERSION)
+        older = (reference, champion_data) if reference is not None and champion_data not in (None, data.md5) else None
+        scoring = evaluate(candidate, dataset, indices, registry, config, summary.champion, older)
         comparison = scoring.comparison
         report_eval, champion_eval = comparison.challenger, comparison.champion
         log_evaluation(registry, run_id, scoring, modeling.positive_index(candidate.predictor))

@@ -373,3 +373,27 @@ def test_a_retried_flow_run_registers_once_and_moves_champion_once(
     [version] = registry.versions("toronto")
     assert names.CHAMPION in version.aliases
     assert [c.version for c in champion_history(registry, "toronto")] == ["1"]  # moved once
+
+
+def test_new_data_is_also_judged_on_the_champions_own_test_split(workspace: Path) -> None:
+    rows = load_arrests(as_frame=True)
+    first_rows = rows.iloc[:700]
+    retrain(csv_pipeline(workspace, first_rows.reset_index(drop=True)), home=str(workspace))
+    # New rows inside the ranges the first data set taught the validation suite.
+    later = rows.iloc[700:]
+    later = later[later["age"].between(first_rows["age"].min(), first_rows["age"].max())].iloc[:300]
+    # More data, the old rows included: the champion's test rows that the candidate now trains
+    # on are left out of the report on the champion's split.
+    summary = retrain(
+        csv_pipeline(workspace, pd.concat([first_rows, later], ignore_index=True), **ANY_CHANGE), home=str(workspace)
+    )
+
+    registry = Registry(load_settings(workspace))
+    run_id = registry.versions("toronto")[0].run_id
+    report = registry.load_run_json(run_id, "evaluation/champion_split.json")
+    first = registry.versions("toronto")[1]
+    assert report["split"] == f"champion's test split (data version {first.tags[names.TAG_DATA_VERSION]})"
+    champion_test_rows = 140  # 20% of the champion's 700 rows
+    assert 0 < report["challenger"]["n"] < champion_test_rows
+    assert report["champion"] is not None and report["paired"] is not None
+    assert summary.data_version != first.tags[names.TAG_DATA_VERSION]
