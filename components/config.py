@@ -337,6 +337,31 @@ class BiasGate(_Strict):
         return value
 
 
+class ServingGate(_Strict):
+    """The candidate served in its own process, queried and timed before it may become champion."""
+
+    backend: Literal["onnx", "torch", "auto"] = Field(
+        "auto", description="Backend the checked server runs (auto: ONNX Runtime when the package has model.onnx)."
+    )
+    tolerance: float = Field(
+        1e-5, gt=0, le=1, description="Largest allowed |served - offline torch| probability difference."
+    )
+    max_latency_ms: float = Field(
+        500.0,
+        gt=0,
+        description="Ceiling on the p95 time of one /predict request of `batch_size` rows, in milliseconds "
+        "(generous by default: a shared 2-core machine; set it from your serving target).",
+    )
+    startup_seconds: float = Field(
+        90.0, gt=0, description="How long the server may take to answer /ready (process start + model load)."
+    )
+    sample: int = Field(64, gt=0, description="Test rows sent to the server.")
+    batch_size: int = Field(16, gt=0, description="Rows per /predict request.")
+    requests: int = Field(
+        20, gt=0, description="Timed requests (the batches in turn, after one untimed warm-up request)."
+    )
+
+
 class GatesConfig(_Strict):
     """Thresholds of every gate."""
 
@@ -345,6 +370,7 @@ class GatesConfig(_Strict):
     drift: DriftGate = Field(default_factory=DriftGate)
     evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
     bias: BiasGate = Field(default_factory=BiasGate)
+    serving: ServingGate = Field(default_factory=ServingGate)
 
 
 class FloatRange(_Strict):

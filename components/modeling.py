@@ -6,9 +6,9 @@ the model package, so that the flow's tasks stay one call each.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
-import math
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.config import DataConfig, PipelineConfig
+from components.config import DataConfig, PipelineConfig, ServingGate
 from components.dataset import Dataset, feature_columns
 from components.evaluation import EvalReport, evaluate_predictions
 from components.features import fit_preprocessor
-from components.gates import Check, GateReport
+from components.gates import GateReport
 from components.models import build_model
 from components.predictor import Predictor
 from components.split import SplitIndices
@@ -32,7 +32,7 @@ from components.training import TrainResult, train_model
 
 # What a served model needs; pinned to the versions it was trained with, passed explicitly so
 # that MLflow never spends seconds inferring requirements by importing the model.
-_SERVING_PACKAGES = ("torch", "numpy", "pandas", "safetensors", "mlflow")
+_SERVING_PACKAGES = ("torch", "numpy", "pandas", "safetensors", "onnxruntime", "mlflow")
 
 
 @dataclass
@@ -229,15 +229,19 @@ def binary_outcomes(
 
 
 def load_predictor(package: Path) -> Predictor:
-    """Load a model package (safetensors + spec.json; never unpickles)."""
+    """Load a model package (safetensors + spec.json, ONNX when present; never unpickles)."""
     return Predictor.load(package)
 
 
 @contextmanager
 def saved_package(predictor: Predictor) -> Iterator[Path]:
-    """The predictor saved as a package in a temporary folder."""
+    """The predictor saved as a package in a temporary folder, with its ONNX export (checked against torch)."""
+    from components.onnx_export import export_onnx
+
     with tempfile.TemporaryDirectory() as tmp:
-        yield predictor.save(Path(tmp) / "package")
+        package = predictor.save(Path(tmp) / "package")
+        export_onnx(predictor, package)
+        yield package
 
 
 def pip_requirements() -> list[str]:
@@ -259,73 +263,29 @@ def check_serving(
     rows: np.ndarray,
     pipeline: str,
     version: str,
-    *,
-    sample: int = 64,
-    tolerance: float = 1e-5,
+    gate: ServingGate | None = None,
 ) -> GateReport:
-    """Serve the registered package in the REST app (in-process) and compare with offline answers.
+    """Serve the registered package in its own server process and compare with offline answers.
 
-    Like TFX's InfraValidator: what was registered must load, answer `/ready`, and give the
-    same probabilities as the model that was evaluated.
+    Like TFX's InfraValidator: what was registered must start in a real server, answer
+    `/ready`, give the probabilities the evaluated torch model gives (whichever backend serves
+    it) and meet the latency budget. See :func:`components.serving_check.check_serving_process`.
     """
-    import warnings
+    from components.serving_check import check_serving_process
 
-    with warnings.catch_warnings():  # starlette's notice about its httpx-based test client
-        warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
-
-    from components.serving import LoadedModel, create_app
-
-    checks: list[Check] = []
-    try:
-        served = Predictor.load(package)
-    except Exception as error:
-        return GateReport("serving", [Check("loads", False, f"the registered package does not load: {error}")])
-    checks.append(Check("loads", True, "the registered package loads"))
-    chosen = rows[:sample]
+    gate = gate or ServingGate()
+    chosen = rows[: gate.sample]
     inputs = model_inputs(dataset, chosen)
-    expected = offline.predict_proba(inputs, strict=False)
+    # The reference is always torch: a predictor loaded with ONNX Runtime is switched back.
+    reference = copy.copy(offline)
+    reference.onnx = None
+    expected = reference.predict_proba(inputs, strict=False)
     if dataset.modality == "tabular":
         frame = inputs[list(offline.preprocessor.columns)]  # type: ignore[union-attr]
-        body = {"rows": json.loads(frame.to_json(orient="records"))}
+        key, body = "rows", json.loads(frame.to_json(orient="records"))
     else:
-        body = {"images": np.asarray(inputs).tolist()}
-    app = create_app(
-        lambda: LoadedModel(version, served, {"pipeline": pipeline}),
-        pipeline=pipeline,
-        poll_seconds=3600,
-        max_body_bytes=64_000_000,
-    )
-    with TestClient(app) as client:
-        ready = client.get("/ready")
-        checks.append(Check("ready", ready.status_code == 200, f"/ready answered {ready.status_code}"))
-        response = client.post("/predict", json=body)
-    if response.status_code != 200:
-        checks.append(Check("predicts", False, f"/predict answered {response.status_code}: {response.text[:200]}"))
-        return GateReport("serving", checks)
-    answer = response.json()
-    got = np.asarray(answer["probabilities"], dtype=np.float64)
-    diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else math.inf
-    checks.append(
-        Check(
-            "same_version",
-            answer.get("version") == version,
-            f"the service answered as version {answer.get('version')}",
-            None,
-            None,
-        )
-    )
-    checks.append(
-        Check(
-            "parity",
-            diff <= tolerance,
-            f"max |served - offline| probability difference {diff:.2e} on {len(chosen)} test rows "
-            f"(at most {tolerance:.0e})",
-            diff,
-            tolerance,
-        )
-    )
-    return GateReport("serving", checks, figures={"max_abs_diff": diff, "rows": float(len(chosen))})
+        key, body = "images", np.asarray(inputs).tolist()
+    return check_serving_process(package, key, body, expected, version, pipeline, gate)
 
 
 @dataclass

@@ -83,6 +83,7 @@ def export_onnx(predictor: Predictor, directory: str | os.PathLike[str], *, chec
     Raises:
         OnnxExportError: The export failed or the graph disagrees with torch.
     """
+    Path(directory).mkdir(parents=True, exist_ok=True)
     target = Path(directory) / ONNX_FILE
     wrapped = _WithSoftmax(predictor.net).cpu().eval()
     sample = torch.from_numpy(example_features(predictor))

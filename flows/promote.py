@@ -104,7 +104,9 @@ def promote_version(
         eval_gate.checks.append(Check("champion_comparable", False, scoring.champion_error))
     bias = audit_bias(**modeling.bias_inputs(candidate, scoring, dataset, indices, config))
     with registry.package(pipeline, info.version) as package:
-        serving = modeling.check_serving(package, candidate, dataset, indices.test, pipeline, info.version)
+        serving = modeling.check_serving(
+            package, candidate, dataset, indices.test, pipeline, info.version, config.gates.serving
+        )
     decision = decide_promotion(
         scoring.comparison.challenger,
         scoring.comparison.champion,

@@ -265,9 +265,11 @@ def validate_serving(
     dataset: Dataset,
     indices: SplitIndices,
 ) -> GateReport:
-    """Load the registered version in the serving app and compare its answers with offline ones."""
+    """Serve the registered version in its own process; compare its answers and latency with the gate's."""
     with registry.package(config.name, model_version) as package:
-        return modeling.check_serving(package, candidate.predictor, dataset, indices.test, config.name, model_version)
+        return modeling.check_serving(
+            package, candidate.predictor, dataset, indices.test, config.name, model_version, config.gates.serving
+        )
 
 
 @_task(name="promote")
