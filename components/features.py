@@ -206,6 +206,19 @@ class TabularPreprocessor:
                 out[rows[known], offset + slots[known]] = 1.0
         return out
 
+    def first_unknown_category(self, records: Sequence[Mapping[str, Any]]) -> tuple[int, str] | None:
+        """The (row, column) of the first categorical value not seen in training, or None.
+
+        Transforming encodes such a value as all zeros; a caller that wants to refuse it instead
+        (the REST service, when configured so) asks here, with the same matching as fitting.
+        """
+        for name, index in self._index.items():
+            for row, record in enumerate(records):
+                key = _category_key(record.get(name), False, name, row)
+                if key is not None and key not in index:
+                    return row, name
+        return None
+
     @staticmethod
     def _numeric(name: str, values: Any, strict: bool) -> np.ndarray:
         if isinstance(values, pd.Series) and _is_numeric_series(values):

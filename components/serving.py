@@ -17,16 +17,25 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from components.features import InputError
+from components.prediction_log import PredictionLog
 from components.predictor import Predictor
+from components.serving_inputs import BadInput, InputSpec, UnknownCategory, input_spec, parse_batch
+from components.serving_metrics import RequestGuard, ServiceMetrics
 
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 10_000
+# 1 MB holds about 5,000 typical rows or 300 28x28 images as JSON: plenty for online scoring
+# (bigger jobs belong to batch scoring), and small enough to parse in milliseconds.
+MAX_BODY_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -44,17 +53,43 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class ModelHolder:
-    """Holds the current :class:`LoadedModel` and swaps it when the loader returns a new version.
+@dataclass(frozen=True)
+class Served:
+    """A model with its request schema: swapped as one object, so the two always match."""
 
-    The swap is a single attribute assignment: requests read `current` once and keep that
-    object, so none ever mixes two versions.
+    model: LoadedModel
+    spec: InputSpec
+
+
+class ModelHolder:
+    """Holds the model being served and swaps it when the loader returns a new version.
+
+    The swap is a single attribute assignment: requests read `serving` once and keep that
+    object, so none ever mixes two versions (or a version with another's schema).
+
+    Args:
+        loader: Returns the model to serve, or None.
+        prepare: Builds what is served with the model (its request schema), before the swap.
+        on_swap: Called with each model swapped in (metrics).
     """
 
-    def __init__(self, loader: Callable[[], LoadedModel | None]) -> None:
-        self.current: LoadedModel | None = None
+    def __init__(
+        self,
+        loader: Callable[[], LoadedModel | None],
+        prepare: Callable[[LoadedModel], Served],
+        on_swap: Callable[[LoadedModel], None] | None = None,
+    ) -> None:
+        self.serving: Served | None = None
         self._loader = loader
+        self._prepare = prepare
+        self._on_swap = on_swap
         self._lock = threading.Lock()  # the poller and a manual refresh never load at once
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The model being served, or None before the first load."""
+        serving = self.serving
+        return None if serving is None else serving.model
 
     def refresh(self) -> bool:
         """Ask the loader for the model to serve; swap it in if its version changed.
@@ -73,7 +108,9 @@ class ModelHolder:
                 return False
             if current is not None and loaded.version == current.version:
                 return False
-            self.current = loaded
+            self.serving = self._prepare(loaded)
+            if self._on_swap is not None:
+                self._on_swap(loaded)
             log.info("serving model version %s", loaded.version)
             return True
 
@@ -82,76 +119,57 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _reject_constant(name: str) -> Any:
-    # Python's json accepts NaN and Infinity; strict JSON (and the model) does not.
-    raise _BadRequest(422, f"{name} is not allowed: send finite numbers")
-
-
-async def _read_json(request: Request, max_body_bytes: int) -> Any:
-    """The parsed body, after the content-type and size checks."""
+async def _read_json(request: Request) -> Any:
+    """The parsed body, after the content-type check (the size is the guard's job)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise _BadRequest(415, "content type must be application/json")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise _BadRequest(400, "invalid Content-Length header")
-        if int(declared) > max_body_bytes:
-            raise _BadRequest(413, f"body larger than {max_body_bytes} bytes")
-    # Count what actually arrives too: a chunked body has no Content-Length to check.
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_body_bytes:
-            raise _BadRequest(413, f"body larger than {max_body_bytes} bytes")
-        chunks.append(chunk)
+        raise BadInput(415, "content type must be application/json")
+    body = await request.body()
+    if not body:
+        raise BadInput(400, "body is empty: send a JSON object")
     try:
-        return json.loads(b"".join(chunks), parse_constant=_reject_constant)
+        # Python's json reads NaN and Infinity (not strict JSON) as floats: the schema's finite
+        # check then refuses them with a message naming the field.
+        return json.loads(body)
     except json.JSONDecodeError as error:  # its position, not its text: never echo the body
-        raise _BadRequest(
+        raise BadInput(
             400, f"body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
         ) from None
     except ValueError:  # bad UTF-8, or an integer too long to parse
-        raise _BadRequest(400, "body is not valid JSON") from None
+        raise BadInput(400, "body is not valid JSON") from None
     except RecursionError:  # a body of thousands of nested brackets
-        raise _BadRequest(400, "body is nested too deeply") from None
+        raise BadInput(400, "body is nested too deeply") from None
 
 
-def _batch(body: Any, key: str, max_rows: int) -> list[Any]:
-    """The list under `key`, checked for type and size."""
-    if not isinstance(body, dict) or key not in body:
-        raise _BadRequest(422, f"body must be a JSON object with a {key!r} list")
-    if len(body) != 1:
-        raise _BadRequest(422, f"body must hold only the {key!r} field")
-    batch = body[key]
-    if not isinstance(batch, list):
-        raise _BadRequest(422, f"{key!r} must be a list")
-    if not batch:
-        raise _BadRequest(422, f"{key!r} is empty: send at least one")
-    if len(batch) > max_rows:
-        raise _BadRequest(422, f"too many {key}: at most {max_rows} per request")
-    return batch
-
-
-def _predict(model: LoadedModel, batch: list[Any]) -> dict[str, Any]:
-    predictor = model.predictor
-    if predictor.modality == "tabular":
-        probabilities = predictor.predict_records(batch, strict=True)
-    else:
+def _predict(served: Served, body: Any, unknown_category: UnknownCategory) -> tuple[dict[str, Any], Any, Any]:
+    model, predictor = served.model, served.model.predictor
+    batch = parse_batch(served.spec, predictor, body, unknown_category)
+    if isinstance(batch, np.ndarray):
         probabilities = predictor.predict_proba(batch, strict=True)
-    return {
+    else:
+        probabilities = predictor.predict_records(batch, strict=True)
+    if not np.isfinite(probabilities).all():  # a last guard: an answer must be valid JSON numbers
+        raise BadInput(422, "inputs are outside the range the model can score")
+    labels = predictor.labels(probabilities)
+    answer = {
         "version": model.version,
-        "predictions": predictor.labels(probabilities),
+        "predictions": labels,
         "probabilities": probabilities.tolist(),
         "classes": list(predictor.classes),
     }
+    return answer, batch, probabilities
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for status, why in {
+        400: "Invalid JSON, an empty body or a bad Content-Length",
+        413: "Body larger than the limit",
+        415: "Content type is not application/json",
+        422: "The body does not fit the model's input schema; the message names the field",
+        503: "No model loaded yet",
+    }.items()
+}
 
 
 def create_app(
@@ -159,8 +177,10 @@ def create_app(
     *,
     pipeline: str,
     poll_seconds: float = 30.0,
-    max_body_bytes: int = 1_000_000,
+    max_body_bytes: int = MAX_BODY_BYTES,
     max_rows: int = MAX_ROWS,
+    unknown_category: UnknownCategory = "ignore",
+    prediction_log: PredictionLog | None = None,
 ) -> FastAPI:
     """Build the service.
 
@@ -172,10 +192,19 @@ def create_app(
         loader: Returns the model to serve, or None when there is none yet.
         pipeline: The pipeline name, reported by /metadata.
         poll_seconds: Seconds between polls; 0 or less disables polling.
-        max_body_bytes: Larger request bodies get 413.
+        max_body_bytes: Larger request bodies get 413, before they are read.
         max_rows: Larger batches get 422.
+        unknown_category: A categorical value not seen in training: `ignore` scores it as no
+            known category (as training's one-hot encoding does), `error` refuses it with 422.
+        prediction_log: Where a sample of inputs and answers goes; closed (flushed) at shutdown.
     """
-    holder = ModelHolder(loader)
+    metrics = ServiceMetrics(pipeline)
+
+    def prepare(model: LoadedModel) -> Served:
+        # Built before the swap: a model whose schema cannot be built never goes live.
+        return Served(model, input_spec(model.predictor, max_rows, unknown_category))
+
+    holder = ModelHolder(loader, prepare, on_swap=lambda m: metrics.serving(m.version, m.info.get("alias")))
 
     async def poll_forever() -> None:
         while True:
@@ -200,17 +229,21 @@ def create_app(
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            if prediction_log is not None:
+                await asyncio.to_thread(prediction_log.close)
 
     app = FastAPI(title=f"deepgate {pipeline}", lifespan=lifespan)
     app.state.models = holder
     app.state.refresh = holder.refresh
+    app.state.metrics = metrics
+    app.openapi = lambda: _openapi(app, holder)  # type: ignore[method-assign]
 
     @app.get("/health")
     def health() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: ERROR_RESPONSES[503]})
     def ready() -> JSONResponse:
         """Readiness: 200 with the version once a model is loaded, else 503."""
         model = holder.current
@@ -218,7 +251,7 @@ def create_app(
             return JSONResponse({"status": "not ready", "detail": "no model loaded"}, status_code=503)
         return JSONResponse({"status": "ready", "version": model.version})
 
-    @app.get("/metadata")
+    @app.get("/metadata", responses={503: ERROR_RESPONSES[503]})
     def metadata() -> JSONResponse:
         """What is being served and what input it expects."""
         model = holder.current
@@ -229,30 +262,81 @@ def create_app(
                 "pipeline": pipeline,
                 "version": model.version,
                 "alias": model.info.get("alias"),
+                "data_version": model.info.get("data_version"),
+                "trained_at": model.info.get("trained_at"),
                 "info": model.info,
                 "modality": model.predictor.modality,
                 "input_schema": model.predictor.input_schema(),
                 "classes": list(model.predictor.classes),
+                "unknown_category": unknown_category,
             }
         )
 
-    @app.post("/predict")
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus_metrics() -> Response:
+        """Prometheus text format: requests by route and status, latency, errors, model version."""
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.post("/predict", responses=ERROR_RESPONSES)
     async def predict(request: Request) -> JSONResponse:
-        """Predict a batch: {"rows": [{...}]} for tables, {"images": [[[...]]]} for images."""
-        model = holder.current  # read once: the whole request uses this version
-        if model is None:
+        """Score one or more inputs: {"rows": [{...}]} for tables, {"images": [...]} for images.
+
+        The request and response schemas below are those of the model being served.
+        """
+        served = holder.serving  # read once: the whole request uses this version
+        if served is None:
             return _error(503, "no model loaded")
-        key = "rows" if model.predictor.modality == "tabular" else "images"
         try:
-            batch = _batch(await _read_json(request, max_body_bytes), key, max_rows)
-            # The forward pass is CPU-bound: run it off the event loop so /health stays responsive.
-            return JSONResponse(await run_in_threadpool(_predict, model, batch))
-        except _BadRequest as error:
+            body = await _read_json(request)
+            # Validation and the forward pass are CPU-bound: off the event loop, so /health
+            # stays responsive.
+            answer, batch, probabilities = await run_in_threadpool(_predict, served, body, unknown_category)
+        except BadInput as error:
             return _error(error.status, error.message)
         except InputError as error:
             return _error(422, str(error))
+        metrics.predictions.labels(served.model.version).inc(len(batch))
+        if prediction_log is not None:
+            prediction_log.record(served.model.version, batch, answer["predictions"], probabilities)
+        return JSONResponse(answer)
 
+    routes = {route.path for route in app.routes if isinstance(route, APIRoute)} | {"/docs", "/openapi.json"}
+    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=max_body_bytes, routes=routes)
     return app
+
+
+def _openapi(app: FastAPI, holder: ModelHolder) -> dict[str, Any]:
+    """The OpenAPI document, with /predict's schemas taken from the model being served now."""
+    served = holder.serving
+    version = served.model.version if served is not None else None
+    cached = getattr(app.state, "openapi_cache", None)
+    if cached is not None and cached[0] == version:
+        return cached[1]  # type: ignore[no-any-return]
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Error"] = {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}},
+        "required": ["detail"],
+        "title": "Error",
+    }
+    operation = schema["paths"]["/predict"]["post"]
+    body_schema: dict[str, Any] = {"type": "object"}
+    if served is not None:
+        for model in (served.spec.request, served.spec.response):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        body_schema = {"$ref": f"#/components/schemas/{served.spec.request.__name__}"}
+        ok = {"$ref": f"#/components/schemas/{served.spec.response.__name__}"}
+        operation["responses"]["200"] = {
+            "description": f"Predictions of model version {version}",
+            "content": {"application/json": {"schema": ok}},
+        }
+    operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
+    app.state.openapi_cache = (version, schema)
+    return schema
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
