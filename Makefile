@@ -16,7 +16,7 @@ export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run transfer tune test test-fast lint format bench status serve ui clean
+.PHONY: help install dev browser run transfer tune test test-fast lint format bench status serve ui clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,14 @@ install: $(VENV)/.installed ## Create .venv and install deepgate (torch: $(TORCH
 
 dev: $(VENV)/.installed-dev ## install + test and lint tools
 
+# The model-card test opens the card in headless Chromium: Debian's packages, installed only
+# when missing (apt needs root: sudo is used when there is one and we are not root).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+browser: ## Headless Chromium + chromedriver for the model-card test (apt, only when missing)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends chromium chromium-driver)
+
 run: install ## Retrain the bundled pipelines (arrests, mnist) through every gate and print the summary
 	$(BIN)/deepgate run arrests mnist
 
@@ -49,10 +57,10 @@ transfer: install ## The transfer-learning showcase: mnist-base (digits 0-4), th
 tune: install ## Optuna search of PIPELINE's hyperparameters (TRIALS trials) -> tuned/PIPELINE.yaml
 	$(BIN)/deepgate tune $(PIPELINE) --trials $(TRIALS)
 
-test: dev ## Run the whole test suite (what CI runs)
+test: dev browser ## Run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
 
-test-fast: dev ## Tests without the slow end-to-end ones
+test-fast: dev browser ## Tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: dev ## ruff (lint + format check) and mypy on components/

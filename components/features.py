@@ -151,6 +151,17 @@ class TabularPreprocessor:
         """Number of output features."""
         return len(self.means) + sum(len(c) for c in self.categories.values())
 
+    def column_slots(self) -> dict[str, slice]:
+        """The output features each input column fills: one for a numeric column, one per category.
+
+        Encoding is row-wise and column by column, so shuffling a column's rows before encoding
+        equals shuffling its slots after (what permutation importance relies on).
+        """
+        return {
+            name: slice(offset, offset + (1 if name in self.means else len(self.categories[name])))
+            for name, offset in self._offsets.items()
+        }
+
     def transform(self, frame: pd.DataFrame, strict: bool = True) -> np.ndarray:
         """Encode a frame; extra columns are ignored and column order does not matter.
 

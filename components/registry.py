@@ -132,6 +132,18 @@ class Registry:
         """Log a matplotlib figure as an image artifact."""
         self.client.log_figure(run_id, figure, artifact_file)
 
+    def artifact_link(self, run_id: str, artifact_file: str) -> str:
+        """Where a person opens a run's artifact.
+
+        With a tracking server: the run's artifact page in the MLflow UI. With the embedded
+        store: the artifact's own URI (a file:// URI a browser opens directly).
+        """
+        run = self.client.get_run(run_id)
+        if self.settings.tracking_uri.startswith(("http://", "https://")):
+            base = self.settings.tracking_uri.rstrip("/")
+            return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}/artifacts/{artifact_file}"
+        return f"{run.info.artifact_uri.rstrip('/')}/{artifact_file}"
+
     def load_run_json(self, run_id: str, artifact_file: str) -> Any | None:
         """A JSON artifact of a run, or None when the run has none."""
         with tempfile.TemporaryDirectory() as tmp:

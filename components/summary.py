@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from components.gates import GateReport
@@ -36,6 +36,7 @@ class RunSummary:
         timings: Seconds per stage.
         mlflow_run_id: The tracking run.
         notes: Things the user should know that are not about the outcome (a suite written).
+        reports: Each gate's full report, in DAG order (for the model card; not in `to_dict`).
     """
 
     pipeline: str
@@ -51,14 +52,18 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    reports: list[GateReport] = field(default_factory=list, repr=False, compare=False)
 
     def add_gate(self, report: GateReport) -> None:
-        """Record a gate's verdict."""
+        """Record a gate's verdict (and keep its report)."""
         self.gates.append(GateLine(report.gate, report.status, report.headline()))
+        self.reports.append(report)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
+        """JSON-able form (the gates as one line each; their full reports are logged on their own)."""
+        data = asdict(replace(self, reports=[]))
+        del data["reports"]
+        return data
 
     def to_markdown(self) -> str:
         """Markdown for the Prefect artifact."""

@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout
@@ -42,10 +43,12 @@ from components.evaluation import (
     plot_reliability,
     plot_roc_curve,
 )
+from components.explain import Explanation, explain_predictor, plot_explanation
 from components.gates import Check, GateReport
 from components.label_noise import LabelNoiseReport, find_label_noise, quarantine
 from components.labels import check_labels, leakage
 from components.lineage import code_hash, fingerprint, git_commit
+from components.model_card import MODEL_CARD, ModelCardInputs, render_model_card
 from components.predictor import Predictor
 from components.promotion import PromotionDecision, decide_promotion, evaluation_gate
 from components.registry import Registry, VersionInfo
@@ -246,6 +249,30 @@ def audit(
     return audit_bias(**modeling.bias_inputs(candidate.predictor, scoring, dataset, indices, config))
 
 
+@_task(name="explain")
+def explain(
+    candidate: modeling.Candidate, scoring: modeling.Scoring, dataset: Dataset, indices: SplitIndices, seed: int
+) -> Explanation | None:
+    """Permutation importance (tables) or integrated gradients (images) on the test rows."""
+    inputs = modeling.model_inputs(dataset, indices.test)
+    return explain_predictor(candidate.predictor, inputs, scoring.y_true, seed=seed)
+
+
+@_task(name="model_card")
+def model_card(registry: Registry, run_id: str, card: ModelCardInputs) -> str:
+    """Log the candidate's model card on the MLflow run and link it from the Prefect run; returns the link."""
+    registry.log_text(run_id, render_model_card(card), MODEL_CARD)
+    link = registry.artifact_link(run_id, MODEL_CARD)
+    version = f" v{card.version}" if card.version else ""
+    create_link_artifact(
+        link=link,
+        link_text=f"model card: {card.pipeline}{version}",
+        key=f"{config_key(card.pipeline)}-model-card",
+        description="Data, labels, evaluation, slices, fairness, explanations, gates and the decision, on one page",
+    )
+    return link
+
+
 @_task(name="register")
 def register(
     registry: Registry, release: Release, run_id: str, candidate: modeling.Candidate, tags: dict[str, str]
@@ -354,8 +381,8 @@ def ask_approval(
     return decision
 
 
-def log_evaluation(registry: Registry, run_id: str, scoring: modeling.Scoring, positive: int) -> None:
-    """The evaluation's figures, reports and plots on the MLflow run."""
+def log_evaluation(registry: Registry, run_id: str, scoring: modeling.Scoring, positive: int) -> dict[str, Figure]:
+    """The evaluation's figures, reports and plots on the MLflow run; returns the plots by name."""
     comparison = scoring.comparison
     registry.log_metrics(run_id, {f"test.{k}": v for k, v in comparison.challenger.metrics().items()})
     if comparison.champion is not None:
@@ -366,12 +393,26 @@ def log_evaluation(registry: Registry, run_id: str, scoring: modeling.Scoring, p
     if scoring.champion_split is not None:
         registry.log_dict(run_id, scoring.champion_split.to_dict(), "evaluation/champion_split.json")
         registry.log_text(run_id, scoring.champion_split.to_markdown(), "evaluation/champion_split.md")
-    registry.log_figure(run_id, plot_confusion_matrix(comparison.challenger), "plots/confusion_matrix.png")
-    registry.log_figure(run_id, plot_reliability(scoring.y_true, scoring.proba), "plots/reliability.png")
+    plots = {
+        "confusion_matrix": plot_confusion_matrix(comparison.challenger),
+        "reliability": plot_reliability(scoring.y_true, scoring.proba),
+    }
     if scoring.proba.shape[1] == 2 and len(np.unique(scoring.y_true)) == 2:  # curves need both classes
         for plot, name in ((plot_roc_curve, "roc_curve"), (plot_pr_curve, "pr_curve")):
-            figure = plot(scoring.y_true, scoring.proba, positive=positive, champion_proba=scoring.champion_proba)
-            registry.log_figure(run_id, figure, f"plots/{name}.png")
+            plots[name] = plot(scoring.y_true, scoring.proba, positive=positive, champion_proba=scoring.champion_proba)
+    for name, figure in plots.items():
+        registry.log_figure(run_id, figure, f"plots/{name}.png")
+    return plots
+
+
+def log_explanation(registry: Registry, run_id: str, explanation: Explanation | None) -> Figure | None:
+    """The explanation's figure (plots/explanations.png) and figures (explanations.json) on the MLflow run."""
+    if explanation is None:
+        return None
+    figure = plot_explanation(explanation)
+    registry.log_figure(run_id, figure, "plots/explanations.png")
+    registry.log_dict(run_id, explanation.to_dict(), "explanations.json")
+    return figure
 
 
 def _gate(registry: Registry, run_id: str, summary: RunSummary, report: GateReport) -> GateReport:
@@ -562,7 +603,7 @@ def _retrain(
         scoring = evaluate(candidate, dataset, indices, registry, config, summary.champion, older)
         comparison = scoring.comparison
         report_eval, champion_eval = comparison.challenger, comparison.champion
-        log_evaluation(registry, run_id, scoring, modeling.positive_index(candidate.predictor))
+        plots = log_evaluation(registry, run_id, scoring, modeling.positive_index(candidate.predictor))
         eval_gate = evaluation_gate(comparison, config.gates.evaluation)
         if scoring.champion_error:
             eval_gate.checks.append(Check("champion_comparable", False, scoring.champion_error))
@@ -570,8 +611,12 @@ def _retrain(
     summary.metrics = {k: v for k, v in report_eval.metrics().items() if v is not None}
     with _stage(summary, "audit_bias"):
         bias = _gate(registry, run_id, summary, audit(candidate, scoring, dataset, indices, config))
-        if isinstance(bias, BiasReport) and bias.groups:
-            registry.log_figure(run_id, plot_group_rates(bias), "plots/fairness_groups.png")
+        fairness_plot = plot_group_rates(bias) if isinstance(bias, BiasReport) and bias.groups else None
+        if fairness_plot is not None:
+            registry.log_figure(run_id, fairness_plot, "plots/fairness_groups.png")
+    with _stage(summary, "explain"):
+        explanation = explain(candidate, scoring, dataset, indices, config.split.seed)
+        explanation_plot = log_explanation(registry, run_id, explanation)
 
     tags = {
         names.TAG_PIPELINE: config.name,
@@ -618,6 +663,31 @@ def _retrain(
             summary.champion = promote(registry, release, config, decision)
     summary.outcome = "promoted" if decision.promote else "rejected"
     summary.reasons = decision.reasons
+
+    with _stage(summary, "model_card"):
+        card = ModelCardInputs(
+            pipeline=config.name,
+            version=summary.version,
+            lineage={
+                **lineage,
+                "data_path": data_path,
+                "rows": str(len(dataset)),
+                "mlflow_run_id": run_id,
+                "flow_run_id": flow_run_id,
+                **({"raw_data_version": raw.md5} if raw is not None else {}),
+            },
+            gates=summary.reports,
+            comparison=comparison,
+            decision=decision,
+            bias=bias if isinstance(bias, BiasReport) else None,
+            fairness_figure=fairness_plot,
+            explanation=explanation,
+            explanation_figure=explanation_plot,
+            evaluation_figures=plots,
+            description=config.description,
+            notes=list(summary.notes),
+        )
+        summary.notes.append(f"model card: {model_card(registry, run_id, card)}")
 
 
 def deployments(configs: list[PipelineConfig], *, cron: str, home: str) -> list:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from prefect.artifacts import Artifact
 from sklego.datasets import load_arrests
 from toronto import ANY_CHANGE, toronto_raw
 
@@ -94,7 +95,16 @@ def test_first_run_promotes_with_full_lineage_then_skips(
     docs = {a.path for a in registry.client.list_artifacts(version.run_id, "validation/data_docs")}
     assert "validation/data_docs/index.html" in docs
     plots = {a.path for a in registry.client.list_artifacts(version.run_id, "plots")}
-    assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= plots
+    assert {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/explanations.png"} <= plots
+
+    # The model card: one page on the MLflow run, linked from the Prefect run.
+    page = Path(registry.client.download_artifacts(version.run_id, "model_card.html", str(workspace))).read_text()
+    for section in ("data", "labels", "evaluation", "slices", "fairness", "explanations", "gates", "decision"):
+        assert f'<section id="{section}">' in page
+    assert md5 in page and "PROMOTE (no champion yet)" in page
+    [link] = [note.removeprefix("model card: ") for note in summary.notes if note.startswith("model card: ")]
+    assert link.startswith("file://") and link.endswith(f"{version.run_id}/artifacts/model_card.html")
+    assert Artifact.get("toronto-model-card").data == f"[model card: toronto v1]({link})"
 
     # MLflow's own loader serves the same weights as deepgate's (safetensors, no pickle).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.settings.tracking_uri)
