@@ -549,6 +549,16 @@ class PromoteConfig(_Strict):
     approval_poll_s: int = Field(10, gt=0, description="Seconds between checks for the decision.")
 
 
+class ExportConfig(_Strict):
+    """Edge artifacts in every registered package (`model.onnx` always; see components/onnx_export.py)."""
+
+    quantize_int8: bool = Field(
+        False,
+        description="Also write model.int8.onnx (ONNX Runtime int8 dynamic quantization) and report its accuracy "
+        "and size change on the test rows.",
+    )
+
+
 class PipelineConfig(_Strict):
     """One pipeline: data, split, training, gates and (optionally) the hyperparameter search."""
 
@@ -558,6 +568,7 @@ class PipelineConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     train: TrainConfig
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from components.models import build_model
 from components.predictor import Predictor
 from components.split import SplitIndices
 from components.training import TrainResult, train_model
+
+if TYPE_CHECKING:
+    from components.onnx_export import QuantizationReport
 
 # What a served model needs; pinned to the versions it was trained with, passed explicitly so
 # that MLflow never spends seconds inferring requirements by importing the model.
@@ -254,6 +257,14 @@ def pip_requirements() -> list[str]:
             continue
         pins.append(f"{package}=={version}")
     return pins
+
+
+def quantize(predictor: Predictor, package: Path, dataset: Dataset, rows: np.ndarray) -> QuantizationReport:
+    """Add `model.int8.onnx` to the package; report its accuracy and size change on `rows`."""
+    from components.onnx_export import quantize_int8
+
+    features = predictor.preprocessor.transform(model_inputs(dataset, rows), strict=False)
+    return quantize_int8(package, features, encode_labels(dataset, predictor.classes, rows))
 
 
 def check_serving(

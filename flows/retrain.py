@@ -275,10 +275,19 @@ def model_card(registry: Registry, run_id: str, card: ModelCardInputs) -> str:
 
 @_task(name="register")
 def register(
-    registry: Registry, release: Release, run_id: str, candidate: modeling.Candidate, tags: dict[str, str]
+    registry: Registry,
+    release: Release,
+    run_id: str,
+    candidate: modeling.Candidate,
+    tags: dict[str, str],
+    quantize_on: tuple[Dataset, np.ndarray] | None = None,
 ) -> str:
-    """Log the model package to MLflow and register it as `challenger` (within the release)."""
+    """Log the model package (with model.onnx, and model.int8.onnx when asked) and register it as `challenger`."""
     with modeling.saved_package(candidate.predictor) as package:
+        if quantize_on is not None:
+            report = modeling.quantize(candidate.predictor, package, *quantize_on)
+            registry.log_dict(run_id, report.to_dict(), "export/quantization.json")
+            registry.log_metrics(run_id, {f"int8_{k}": v for k, v in report.to_dict().items() if k != "rows"})
         source = registry.log_model(run_id, package, modeling.pip_requirements())
     return release.register(source, run_id, tags)
 
@@ -639,7 +648,8 @@ def _retrain(
     # and the new version is tagged aborted with the reason.
     with Release(registry, config.name, by=f"flow run {flow_run_id}") as release:
         with _stage(summary, "register"):
-            summary.version = register(registry, release, run_id, candidate, tags)
+            quantize_on = (dataset, indices.test) if config.export.quantize_int8 else None
+            summary.version = register(registry, release, run_id, candidate, tags, quantize_on)
         with _stage(summary, "validate_serving"):
             serving = _gate(
                 registry,

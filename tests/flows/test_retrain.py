@@ -48,6 +48,7 @@ def test_first_run_promotes_with_full_lineage_then_skips(
     workspace: Path, arrests: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = csv_pipeline(workspace, arrests)
+    config = config.model_copy(update={"export": config.export.model_copy(update={"quantize_int8": True})})
     summary = retrain(config, home=str(workspace))
 
     assert summary.outcome == "promoted", summary.reasons
@@ -113,6 +114,14 @@ def test_first_run_promotes_with_full_lineage_then_skips(
     with registry.package("toronto", "1") as package:
         expected = Predictor.load(package).predict_proba(rows)
     np.testing.assert_allclose(pyfunc.predict(rows).to_numpy(), expected, rtol=0, atol=1e-6)
+
+    # The package carries its ONNX export (ONNX Runtime serves it) and, as configured, the int8 copy.
+    with registry.package("toronto", "1") as package:
+        assert {"model.onnx", "model.int8.onnx"} <= {p.name for p in package.iterdir()}
+        assert Predictor.load(package).backend == "onnx"
+    quantization = registry.load_run_json(version.run_id, "export/quantization.json")
+    assert quantization["rows"] > 0 and -1 <= quantization["accuracy_change"] <= 1
+    assert run.data.metrics["int8_size_change"] == pytest.approx(quantization["size_change"])
 
     # A base for transfer learning resolves an alias to the exact version it came from.
     base, reference = registry.load_predictor(f"models:/{names.registered_model_name('toronto')}@champion")
