@@ -513,6 +513,10 @@ def score(
     id_column: Annotated[
         str | None, typer.Option("--id-column", help="A column copied to the output beside each prediction.")
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="torch threads (default: one per core); 1 is faster on a busy machine."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Score a file in chunks with @champion: label, class probabilities and model version per row."""
@@ -535,6 +539,7 @@ def score(
         version=version,
         chunk_rows=chunk_rows,
         id_column=id_column,
+        threads=threads,
         home=str(settings.home),
         return_state=True,
     )

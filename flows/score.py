@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -73,9 +74,14 @@ def score(
     model_uri: str,
     chunk_rows: int,
     id_column: str | None,
+    threads: int | None,
 ) -> ScoreResult:
     """Stream the input through the model into the output, logging progress every few seconds."""
     logger = get_run_logger()
+    if threads is not None:
+        # For the whole process: torch's per-core worker threads spin, and on cores busy with
+        # other work one thread is several times faster (see benchmarks/batch_scoring.py).
+        torch.set_num_threads(threads)
     last = [time.monotonic()]
 
     def progress(rows: int) -> None:
@@ -103,6 +109,7 @@ def score_flow(
     version: str | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     id_column: str | None = None,
+    threads: int | None = None,
     home: str | None = None,
 ) -> ScoreSummary:
     """Score a CSV, Parquet or npz file with the pipeline's champion (or `version`).
@@ -117,7 +124,7 @@ def score_flow(
     chosen = resolve(registry, pipeline, version)
     model_uri = f"models:/{names.registered_model_name(pipeline)}/{chosen}"
     predictor = load_model(registry, pipeline, chosen)
-    result = score(predictor, source, target, chosen, model_uri, chunk_rows, id_column)
+    result = score(predictor, source, target, chosen, model_uri, chunk_rows, id_column, threads)
     get_run_logger().info(
         "%s: %s rows in %.1fs (%s rows/s) with %s -> %s",
         pipeline,

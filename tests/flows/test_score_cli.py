@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from test_cli import arrests, deepgate, write_pipeline  # noqa: F401  (fixtures)
 
 from components.registry import Registry
@@ -31,9 +32,24 @@ def test_score_writes_the_champions_predictions_and_refuses_bad_input(
     write_pipeline(workspace, arrests, **{"train.max_epochs": 1})
     assert deepgate("run", "--config", "good.yaml")[0] == 0
 
-    code, output = deepgate(
-        "score", "toronto", "rows.csv", "out.parquet", "--chunk-rows", "25", "--id-column", "ref", "--json"
-    )
+    threads = torch.get_num_threads()
+    try:
+        code, output = deepgate(
+            "score",
+            "toronto",
+            "rows.csv",
+            "out.parquet",
+            "--chunk-rows",
+            "25",
+            "--id-column",
+            "ref",
+            "--threads",
+            "1",
+            "--json",
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)  # for the process: put it back for the tests that follow
     assert code == 0, output
     summary = json.loads(output[output.index("{") :])
     assert (summary["rows"], summary["chunks"], summary["model_version"]) == (60, 3, "1")

@@ -1,0 +1,545 @@
+"""`deepgate serve` against `mlflow models serve`: the same champion, the same load generator, one run.
+
+Run (from the project root; needs `wrk`, from Debian: `apt-get install -y wrk`, as root)::
+
+    python benchmarks/serving.py                      # temp workspace, arrests champion trained 1 epoch
+    python benchmarks/serving.py --home DIR           # reuse (or create) a workspace with a champion
+    python benchmarks/serving.py --duration 5 --connections 1 8 32 --json serving.json
+
+1. Workspace: a temporary folder (or `--home DIR`) with a copy of params.yaml. Unless it already
+   has an arrests champion, `deepgate run arrests --set train.max_epochs=1` trains and
+   registers one (a subprocess; about a minute).
+2. Each server in turn, on `models:/deepgate-arrests@champion`, pinned to core 1
+   (`taskset -c 1`, when there are two cores or more): `deepgate serve arrests` (one uvicorn
+   worker), then `mlflow models serve --env-manager local --workers 1` (no network here, so no
+   virtualenv). Start-up is the time from process start until /ready (deepgate) or /health
+   (mlflow, which answers 200 once the model is loaded) answers 200. Both are asked the same
+   rows first, and must give the same probabilities (the same champion, or the run stops).
+3. Load: `wrk` pinned to core 0, one thread, a Lua script that POSTs a JSON body and prints
+   wrk's own latency percentiles: after a 1 s warm-up, single-row requests at 1, 8 and 32
+   connections (`--duration` seconds each), then a 1,000-row batch at 1 connection. deepgate
+   takes `{"rows": [...]}` at /predict, mlflow `{"dataframe_records": [...]}` at /invocations.
+   wrk measures closed-loop latency (each connection waits for its answer), so req/s and
+   latency are those of a saturated server at 8 and 32 connections.
+4. Memory: VmRSS of every process of the server's tree (mlflow's CLI process stays as the
+   parent of its uvicorn worker), after start-up and at the end; "per worker" is the largest
+   single process (the one that holds the model).
+5. Multi-worker check (`--multi-worker N`, default 2; 0 skips it): `mlflow models serve
+   --workers N` at 1 and 32 connections. With more than one uvicorn worker, responses once
+   gained about 40 ms each (TCP_NODELAY left off: Nagle against delayed ACKs); a 1-connection
+   p50 near 40 ms is that stall, and the table flags it.
+
+It prints one table per measurement and the targets of issue #6: single-row throughput at least
+4x mlflow's at 1 and at 32 connections, p99 under 10 ms at 32 connections, ready within 1 s,
+under 150 MB resident per worker. The load average is printed before and after: with 2 cores
+shared with other work the figures move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = "arrests"
+MODEL_URI = f"models:/deepgate-{PIPELINE}@champion"
+NAGLE_MS = 35.0  # a 1-connection median above this smells of the 40 ms delayed-ACK stall
+
+LUA = r"""
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "socket_errors": %d, "non_2xx": %d, ' ..
+    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+@dataclass
+class Point:
+    """One wrk run against one server."""
+
+    server: str
+    case: str
+    connections: int
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+
+
+@dataclass
+class ServerRun:
+    """Everything measured for one server."""
+
+    name: str
+    command: list[str]
+    startup_s: float
+    rss_start_mb: float
+    rss_end_mb: float
+    worker_rss_mb: float
+    points: list[Point] = field(default_factory=list)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="wrk comes from Debian: apt-get install -y wrk (as root)."
+    )
+    parser.add_argument("--home", type=Path, help="workspace to use (and keep); trains a champion if it has none")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batch-rows", type=int, default=1000)
+    parser.add_argument(
+        "--multi-worker", type=int, default=2, help="mlflow workers for the TCP_NODELAY check (0: skip)"
+    )
+    parser.add_argument("--json", type=lambda p: Path(p).resolve(), help="also write the figures to this JSON file")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ workspace
+
+
+def workspace_env(home: Path) -> dict[str, str]:
+    """The environment of every child: this workspace's stores, this checkout's code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DEEPGATE_", "PREFECT_API"))}
+    env.update(
+        DEEPGATE_HOME=str(home),
+        PREFECT_HOME=str(home / ".prefect"),
+        PREFECT_LOGGING_LEVEL="WARNING",
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+        MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        # mlflow models serve runs `uvicorn` by name: the interpreter's own scripts first.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )
+    return env
+
+
+def ensure_champion(home: Path, env: dict[str, str]) -> str:
+    """The champion's version, after training one (1 epoch) if the workspace has none."""
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "params.yaml").exists():
+        shutil.copy(ROOT / "params.yaml", home / "params.yaml")
+    version = champion_version(home)
+    if version is None:
+        print(f"training an {PIPELINE} champion in {home} (1 epoch) ...", flush=True)
+        command = [sys.executable, "-m", "flows.cli", "run", PIPELINE, "--set", "train.max_epochs=1"]
+        done = subprocess.run(command, cwd=home, env=env, capture_output=True, text=True, check=False)
+        version = champion_version(home)
+        if version is None:
+            raise SystemExit(f"no champion after `deepgate run` (exit {done.returncode}):\n{done.stdout[-3000:]}")
+    return version
+
+
+def _registry(home: Path) -> Any:
+    from components.registry import Registry
+    from components.settings import load_settings
+
+    return Registry(load_settings(home, env={"DEEPGATE_HOME": str(home)}))
+
+
+def champion_version(home: Path) -> str | None:
+    """The arrests champion's version in this workspace, or None."""
+    info = _registry(home).alias_version(PIPELINE, "champion")
+    return None if info is None else info.version
+
+
+def model_columns(home: Path, version: str) -> list[str]:
+    """The columns the champion takes (both servers get exactly these; no extra ones)."""
+    from components.predictor import Predictor
+
+    with _registry(home).package(PIPELINE, version) as package:
+        return [column["name"] for column in Predictor.load(package).input_schema()]
+
+
+def sample_rows(n: int, columns: list[str]) -> list[dict[str, Any]]:
+    """Real arrests rows (the model's columns, as JSON-able values), cycled to n."""
+    from sklego.datasets import load_arrests
+
+    frame = load_arrests(as_frame=True)[columns]
+    records = json.loads(frame.to_json(orient="records"))
+    return [records[i % len(records)] for i in range(n)]
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(command: list[str], core: int | None) -> list[str]:
+    """The command pinned to one core with taskset, when there is a core to spare."""
+    return command if core is None or shutil.which("taskset") is None else ["taskset", "-c", str(core), *command]
+
+
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    """(sum, largest) VmRSS in MB of a process and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    sizes, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        stack.extend(children.get(current, []))
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) * 1024 / 1e6)
+        except OSError:
+            continue
+    return sum(sizes), max(sizes, default=0.0)
+
+
+def post(url: str, body: Any, timeout: float = 30.0) -> Any:
+    """POST JSON, return the parsed answer."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+class Server:
+    """A server process started for the benchmark; always stopped by `stop`."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], cwd: Path, ready_url: str) -> None:
+        self.name, self.command, self.ready_url = name, command, ready_url
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop())
+        self.started = time.perf_counter()
+        # A new session: stop() signals the whole group (mlflow's CLI and its uvicorn child).
+        self.process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Seconds from process start until the ready URL answers 200."""
+        deadline = self.started + timeout
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=1) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - self.started
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.01)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.output()}")
+
+    def output(self) -> str:
+        """The last lines the server printed."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        """SIGTERM to the group, SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+def wrk(url: str, body_file: Path, connections: int, seconds: int, core: int | None, lua: Path) -> dict[str, Any]:
+    """One wrk run; its RESULT line as a dict."""
+    command = pinned(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua), url], core)
+    done = subprocess.run(
+        command, env={**os.environ, "BODY_FILE": str(body_file)}, capture_output=True, text=True, check=False
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def measure(
+    name: str,
+    command: list[str],
+    ready_path: str,
+    predict_path: str,
+    wrap: str,
+    cases: list[tuple[str, int, list[dict[str, Any]]]],
+    args: argparse.Namespace,
+    env: dict[str, str],
+    home: Path,
+    port: int,
+    reference: list[list[float]] | None,
+    probe: list[dict[str, Any]],
+    scratch: Path,
+) -> tuple[ServerRun, list[list[float]]]:
+    """Start a server, check its answers, load it with wrk case by case, stop it."""
+    cores = os.cpu_count() or 1
+    server_core, wrk_core = (1, 0) if cores >= 2 else (None, None)
+    base = f"http://127.0.0.1:{port}"
+    server = Server(name, pinned(command, server_core), env, home, base + ready_path)
+    try:
+        startup = server.wait_ready()
+        rss_start, _ = tree_rss_mb(server.process.pid)
+        answer = post(base + predict_path, {wrap: probe})
+        probabilities = answer["probabilities"] if "probabilities" in answer else answer["predictions"]
+        if isinstance(probabilities[0], dict):  # mlflow: one {class: probability} object per row
+            probabilities = [[row[k] for k in sorted(row)] for row in probabilities]
+        if reference is not None and not np.allclose(probabilities, reference, rtol=0, atol=1e-5):
+            raise RuntimeError(f"{name} answers differently from the first server: not the same champion?")
+        lua = scratch / "post.lua"
+        lua.write_text(LUA)
+        run = ServerRun(name, command, startup, rss_start, 0.0, 0.0)
+        warm = scratch / "warm.json"
+        warm.write_text(json.dumps({wrap: cases[0][2][:1]}))
+        wrk(base + predict_path, warm, 8, 1, wrk_core, lua)
+        for case, connections, rows in cases:
+            body = scratch / f"{case}.json"
+            body.write_text(json.dumps({wrap: rows}))
+            result = wrk(base + predict_path, body, connections, args.duration, wrk_core, lua)
+            seconds = result["duration_us"] / 1e6
+            point = Point(
+                name,
+                case,
+                connections,
+                result["requests"],
+                seconds,
+                result["requests"] / seconds,
+                result["p50_us"] / 1000,
+                result["p99_us"] / 1000,
+                result["max_us"] / 1000,
+                result["socket_errors"] + result["non_2xx"],
+            )
+            run.points.append(point)
+            print(
+                f"  {name:<22} {case:<10} c={connections:<3} {point.rps:9.0f} req/s  p50 {point.p50_ms:7.2f} ms  "
+                f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}",
+                flush=True,
+            )
+        run.rss_end_mb, run.worker_rss_mb = tree_rss_mb(server.process.pid)
+        return run, probabilities
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def ratios(runs: dict[str, ServerRun]) -> dict[str, float]:
+    """deepgate's single-row throughput over mlflow's, and mlflow's batch latency over deepgate's."""
+    ours, theirs = runs["deepgate serve"], runs["mlflow models serve"]
+    out = {}
+    for p in ours.points:
+        match = next((q for q in theirs.points if (q.case, q.connections) == (p.case, p.connections)), None)
+        if match is not None and match.rps > 0:
+            out[f"{p.case} c={p.connections} req/s"] = p.rps / match.rps
+    return out
+
+
+def targets(runs: dict[str, ServerRun], by: dict[str, float], top: int) -> list[tuple[str, str, bool]]:
+    """The issue's targets: (target, measured, met)."""
+    ours = runs["deepgate serve"]
+    p99 = next((p.p99_ms for p in ours.points if p.case == "single" and p.connections == top), float("nan"))
+    result = []
+    for c in (1, top):
+        key = f"single c={c} req/s"
+        if key in by:
+            result.append((f">= 4x mlflow single-row req/s at {c} connection(s)", f"{by[key]:.2f}x", by[key] >= 4))
+    result.append((f"p99 < 10 ms at {top} connections", f"{p99:.1f} ms", p99 < 10))
+    result.append(("ready within 1 s of start", f"{ours.startup_s:.2f} s", ours.startup_s <= 1))
+    result.append(("< 150 MB resident per worker", f"{ours.worker_rss_mb:.0f} MB", ours.worker_rss_mb < 150))
+    return result
+
+
+def print_report(
+    runs: dict[str, ServerRun], extra: list[ServerRun], by: dict[str, float], meta: dict[str, Any]
+) -> None:
+    """Tables: the points, the servers, the ratios and the targets."""
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    table = Table(
+        "server",
+        "case",
+        *(Column(c, justify="right") for c in ("conns", "req/s", "rows/s", "p50 ms", "p99 ms", "max ms", "errors")),
+        title=f"single-row and {meta['batch_rows']:,}-row requests, {meta['duration']} s each (wrk pinned to core 0)",
+    )
+    for run in [*runs.values(), *extra]:
+        for p in run.points:
+            rows = meta["batch_rows"] if p.case == "batch" else 1
+            flag = " (Nagle?)" if p.connections == 1 and p.case == "single" and p.p50_ms > NAGLE_MS else ""
+            table.add_row(
+                run.name,
+                p.case,
+                str(p.connections),
+                f"{p.rps:,.0f}",
+                f"{p.rps * rows:,.0f}",
+                f"{p.p50_ms:.2f}{flag}",
+                f"{p.p99_ms:.2f}",
+                f"{p.max_ms:.1f}",
+                str(p.errors),
+            )
+    console.print(table)
+    servers = Table(
+        "server",
+        *(Column(c, justify="right") for c in ("start-up s", "RSS after start MB", "RSS at end MB", "per worker MB")),
+        title="start-up (process start to ready) and resident memory (process tree)",
+    )
+    for run in [*runs.values(), *extra]:
+        servers.add_row(
+            run.name,
+            f"{run.startup_s:.2f}",
+            f"{run.rss_start_mb:.0f}",
+            f"{run.rss_end_mb:.0f}",
+            f"{run.worker_rss_mb:.0f}",
+        )
+    console.print(servers)
+    ours, theirs = runs["deepgate serve"], runs["mlflow models serve"]
+    summary = Table("figure", Column("deepgate / mlflow", justify="right"), title="ratios")
+    for key, value in by.items():
+        summary.add_row(key, f"{value:.2f}x")
+    summary.add_row("start-up s", f"{ours.startup_s / theirs.startup_s:.2f}x")
+    summary.add_row("RSS per worker", f"{ours.worker_rss_mb / theirs.worker_rss_mb:.2f}x")
+    console.print(summary)
+    goals = Table("target (issue #6)", "measured", "met", title="deepgate serve against the targets")
+    for target, measured, met in meta["targets"]:
+        goals.add_row(target, measured, "[green]yes[/]" if met else "[red]no[/]")
+    console.print(goals)
+    console.print(
+        f"machine: {meta['cpu_count']} cores, load average {meta['load_before']} before and "
+        f"{meta['load_after']} after, {meta['platform']}, Python {meta['python']}; champion v{meta['version']}",
+        highlight=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prepare the champion, measure both servers one after the other, print the comparison."""
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install -y wrk (Debian; needs root)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(ROOT))
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # the champion's columns are read here too
+    home = (args.home or Path(tempfile.mkdtemp(prefix="deepgate-bench-serve-"))).resolve()
+    env = workspace_env(home)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    try:
+        version = ensure_champion(home, env)
+        columns = model_columns(home, version)
+        single, batch = sample_rows(1, columns), sample_rows(args.batch_rows, columns)
+        cases = [("single", c, single) for c in args.connections] + [("batch", 1, batch)]
+        top = max(args.connections)
+        python = sys.executable
+        deepgate_cmd = [python, "-m", "flows.cli", "serve", PIPELINE, "--port", "{port}", "--poll", "3600"]
+        mlflow_cmd = [python, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local"]
+        mlflow_cmd += ["--host", "127.0.0.1", "--port", "{port}"]
+        runs: dict[str, ServerRun] = {}
+        extra: list[ServerRun] = []
+        reference = None
+        with tempfile.TemporaryDirectory() as scratch:
+            plan = [
+                ("deepgate serve", deepgate_cmd, "/ready", "/predict", "rows", cases),
+                (
+                    "mlflow models serve",
+                    [*mlflow_cmd, "--workers", "1"],
+                    "/health",
+                    "/invocations",
+                    "dataframe_records",
+                    cases,
+                ),
+            ]
+            if args.multi_worker > 1:
+                name = f"mlflow, {args.multi_worker} workers"
+                multi = [("single", c, single) for c in sorted({1, top})]
+                plan.append(
+                    (
+                        name,
+                        [*mlflow_cmd, "--workers", str(args.multi_worker)],
+                        "/health",
+                        "/invocations",
+                        "dataframe_records",
+                        multi,
+                    )
+                )
+            for name, command, ready, predict, wrap, todo in plan:
+                port = free_port()
+                concrete = [part.replace("{port}", str(port)) for part in command]
+                print(f"{name}: {' '.join(concrete[1:])}", flush=True)
+                run, answer = measure(
+                    name,
+                    concrete,
+                    ready,
+                    predict,
+                    wrap,
+                    todo,
+                    args,
+                    env,
+                    home,
+                    port,
+                    reference,
+                    batch[:5],
+                    Path(scratch),
+                )
+                reference = reference or answer
+                if len(runs) < 2:
+                    runs[name] = run
+                else:
+                    extra.append(run)
+        by = ratios(runs)
+        meta = {
+            "version": version,
+            "duration": args.duration,
+            "batch_rows": args.batch_rows,
+            "cpu_count": os.cpu_count(),
+            "load_before": load_before,
+            "load_after": [round(x, 2) for x in os.getloadavg()],
+            "platform": f"{platform.system()} {platform.machine()}",
+            "python": platform.python_version(),
+        }
+        meta["targets"] = targets(runs, by, top)
+        print_report(runs, extra, by, meta)
+        if args.json:
+            figures = {"machine": meta, "ratios": by, "servers": [asdict(r) for r in [*runs.values(), *extra]]}
+            args.json.write_text(json.dumps(figures, indent=2))
+    finally:
+        if args.home is None:
+            shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
