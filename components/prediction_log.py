@@ -48,7 +48,7 @@ class PredictionLog:
         sample_rate: Fraction of inputs logged, in [0, 1].
         max_queued: Rows waiting to be written beyond which new ones are dropped.
         seed: Seeds the sampling (tests); None draws a fresh seed.
-        on_drop: Called with the number of rows dropped (a metrics counter, say).
+        on_drop: Called with the number of rows dropped; the service points it at its metrics.
     """
 
     def __init__(
@@ -66,7 +66,7 @@ class PredictionLog:
         self.sample_rate = sample_rate
         self.written = 0
         self.dropped = 0
-        self._on_drop = on_drop
+        self.on_drop = on_drop
         self._random = random.Random(seed)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,15 +99,12 @@ class PredictionLog:
 
     def _drop(self, n: int) -> None:
         self.dropped += n
-        if self._on_drop is not None:
-            self._on_drop(n)
+        if self.on_drop is not None:
+            self.on_drop(n)
 
     def _run(self) -> None:
-        connection = sqlite3.connect(self.path)
+        connection = self._connect()
         try:
-            connection.execute("PRAGMA journal_mode=WAL")  # readers (a drift job) never block writes
-            connection.execute(SCHEMA)
-            connection.commit()
             stop = False
             while not stop:
                 batch = [self._queue.get()]
@@ -117,16 +114,35 @@ class PredictionLog:
                     except queue.Empty:
                         break
                 stop = any(item is _STOP for item in batch)
-                rows = [_row(item) for item in batch if item is not _STOP]
-                try:
-                    connection.executemany(INSERT, rows)
-                    connection.commit()
-                    self.written += len(rows)
-                except Exception:
-                    log.exception("prediction log: writing %d rows to %s failed", len(rows), self.path)
-                    self._drop(len(rows))
+                rows = [item for item in batch if item is not _STOP]
+                if rows:
+                    self._write(connection, rows)
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
+
+    def _connect(self) -> sqlite3.Connection | None:
+        try:
+            connection = sqlite3.connect(self.path)
+            connection.execute("PRAGMA journal_mode=WAL")  # readers (a drift job) never block writes
+            connection.execute(SCHEMA)
+            connection.commit()
+            return connection
+        except Exception:  # keep draining the queue, dropping rows, so requests never notice
+            log.exception("prediction log: cannot open %s; predictions will not be logged", self.path)
+            return None
+
+    def _write(self, connection: sqlite3.Connection | None, items: list[Any]) -> None:
+        if connection is None:
+            self._drop(len(items))
+            return
+        try:
+            connection.executemany(INSERT, [_row(item) for item in items])
+            connection.commit()
+            self.written += len(items)
+        except Exception:
+            log.exception("prediction log: writing %d rows to %s failed", len(items), self.path)
+            self._drop(len(items))
 
 
 def _row(item: tuple[float, str, Any, str, np.ndarray]) -> tuple[float, str, str, str, str]:

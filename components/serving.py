@@ -205,6 +205,8 @@ def create_app(
         return Served(model, input_spec(model.predictor, max_rows, unknown_category))
 
     holder = ModelHolder(loader, prepare, on_swap=lambda m: metrics.serving(m.version, m.info.get("alias")))
+    if prediction_log is not None:
+        prediction_log.on_drop = metrics.log_dropped.inc
 
     async def poll_forever() -> None:
         while True:

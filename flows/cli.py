@@ -481,11 +481,44 @@ def serve(
     pipeline: Annotated[str, typer.Argument(help="The pipeline whose @champion to serve.")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    poll: Annotated[float, typer.Option(help="Seconds between checks for a new champion.")] = 10.0,
+    poll: Annotated[
+        float, typer.Option(help="Seconds between checks for a new champion.", envvar="DEEPGATE_SERVE_POLL")
+    ] = 10.0,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(help="Larger request bodies get 413, unread.", envvar="DEEPGATE_SERVE_MAX_BODY_BYTES", min=1),
+    ] = 1_000_000,
+    unknown_category: Annotated[
+        str,
+        typer.Option(
+            help="A category not seen in training: ignore (scored as none known) or error (422).",
+            envvar="DEEPGATE_SERVE_UNKNOWN_CATEGORY",
+        ),
+    ] = "ignore",
+    log_predictions: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of inputs logged with their answers (0 = off), for drift monitoring.",
+            envvar="DEEPGATE_SERVE_LOG_PREDICTIONS",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.0,
+    prediction_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="The sqlite file of logged predictions [default: .deepgate/predictions/PIPELINE.sqlite].",
+            envvar="DEEPGATE_SERVE_PREDICTION_LOG",
+        ),
+    ] = None,
 ) -> None:
     """Serve the pipeline's @champion over REST; follows alias moves without restart."""
+    if unknown_category not in ("ignore", "error"):
+        err.print(f"[red]error:[/red] --unknown-category must be ignore or error, not {unknown_category!r}")
+        raise typer.Exit(EXIT_ERROR)
     settings = load_settings()
     _prepare_environment(settings)
+    from components.prediction_log import PredictionLog
     from components.registry import Registry
     from components.serving import create_app
     from components.serving import serve as run_server
@@ -493,12 +526,25 @@ def serve(
     registry = Registry(settings)
     cache = Path(tempfile.mkdtemp(prefix=f"deepgate-serve-{pipeline}-"))
     loader = champion_loader(registry, pipeline, cache)
+    log = None
+    if log_predictions > 0:
+        path = prediction_log or settings.home / ".deepgate" / "predictions" / f"{pipeline}.sqlite"
+        log = PredictionLog(path, log_predictions)
     console.print(
-        f"serving {pipeline}@champion on http://{host}:{port} (docs: /docs); checking for a new "
-        f"champion every {poll:g}s",
+        f"serving {pipeline}@champion on http://{host}:{port} (docs: /docs, metrics: /metrics); checking for a new "
+        f"champion every {poll:g}s"
+        + (f"; logging {log_predictions:.0%} of inputs to {log.path}" if log is not None else ""),
         highlight=False,
     )
-    run_server(create_app(loader, pipeline=pipeline, poll_seconds=poll), host=host, port=port)
+    service = create_app(
+        loader,
+        pipeline=pipeline,
+        poll_seconds=poll,
+        max_body_bytes=max_body_bytes,
+        unknown_category=unknown_category,  # type: ignore[arg-type]  # checked above
+        prediction_log=log,
+    )
+    run_server(service, host=host, port=port)
 
 
 @app.command()
@@ -589,6 +635,12 @@ def train_worker(
     console.print(f"took part in {fits} fit(s)", highlight=False)
 
 
+def _iso_utc(ms: int | None) -> str | None:
+    import datetime as dt
+
+    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
+
 def champion_loader(registry: Any, pipeline: str, cache: Path) -> Any:
     """A loader for the serving app: the current @champion, downloaded once per version."""
     from components.predictor import Predictor
@@ -614,6 +666,8 @@ def champion_loader(registry: Any, pipeline: str, cache: Path) -> Any:
                     "data_version": info.tags.get(names.TAG_DATA_VERSION),
                     "git_commit": info.tags.get(names.TAG_GIT_COMMIT),
                     "registered_at_ms": info.created_ms,
+                    # The version is registered when its training run ends.
+                    "trained_at": _iso_utc(info.created_ms),
                 },
             )
         return loaded[info.version]

@@ -231,3 +231,148 @@ def _wait_for(condition: object, attempts: int = 500) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("the background poll never got there")
+
+
+def test_openapi_shows_the_served_models_schema(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    row = schemas["Row"]
+    assert list(row["properties"]) == ["age", "sex", "employed"] and row["required"] == ["age", "sex", "employed"]
+    assert row["additionalProperties"] is False
+    assert row["properties"]["sex"]["examples"] == ["Female", "Male"]
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/PredictRequest"}
+    assert schemas["PredictResponse"]["properties"]["predictions"]["items"]["enum"] == ["No", "Yes"]
+    assert {"400", "413", "415", "422", "503"} <= set(spec["paths"]["/predict"]["post"]["responses"])
+
+    app = create_app(SwitchableLoader(LoadedModel("1", image_predictor(), {})), pipeline="digits", poll_seconds=0)
+    with TestClient(app) as images:
+        item = images.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]["properties"]["images"]
+    nested, flat, png = item["items"]["oneOf"]
+    assert (nested["minItems"], nested["items"]["minItems"], nested["items"]["items"]["maxItems"]) == (1, 4, 4)
+    assert flat["items"]["items"] == {"type": "number", "minimum": 0, "maximum": 255}
+    assert png["contentMediaType"] == "image/png"
+
+
+@pytest.mark.parametrize(
+    ("row", "fragment"),
+    [
+        (_row(extra=1), "row 0: unknown column 'extra'"),
+        (_row(age="30"), "row 0, column 'age'"),  # strict: a number must be a JSON number
+        (_row(age=1e16), "row 0, column 'age'"),  # finite, but beyond what the model can score
+        (_row(sex=[1]), "row 0, column 'sex': must be a string, finite number, boolean or null"),
+        ({**_row(), "x" * 1_000: 1}, "row 0: unknown column 'xxxxx"),
+    ],
+)
+def test_strict_row_validation(client: TestClient, row: dict[str, object], fragment: str) -> None:
+    response = client.post("/predict", json={"rows": [row]})
+    assert response.status_code == 422 and fragment in response.json()["detail"]
+    assert len(response.json()["detail"]) < 200  # a long name is cut, not echoed
+
+
+def test_unknown_categories_ignored_or_refused_as_configured(predictor: Predictor) -> None:
+    rows = [_row(), _row(sex="Robot-secret")]
+    loader = SwitchableLoader(LoadedModel("1", predictor, {}))
+    with TestClient(create_app(loader, pipeline="toy", poll_seconds=0)) as lenient:
+        body = lenient.post("/predict", json={"rows": rows}).json()
+        assert np.array_equal(np.asarray(body["probabilities"], dtype=np.float32), predictor.predict_records(rows))
+    with TestClient(create_app(loader, pipeline="toy", poll_seconds=0, unknown_category="error")) as strict:
+        response = strict.post("/predict", json={"rows": rows})
+        detail = response.json()["detail"]
+        assert response.status_code == 422 and "row 1, column 'sex': unknown category" in detail
+        assert "'Female', 'Male'" in detail and "Robot" not in detail
+        assert strict.post("/predict", json={"rows": [_row(sex=None)]}).status_code == 200  # missing, not unknown
+        assert strict.get("/metadata").json()["unknown_category"] == "error"
+
+
+def _png(image: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image.astype(np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_images_as_base64_png_score_like_arrays() -> None:
+    predictor = image_predictor()
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 4, 4))
+    app = create_app(SwitchableLoader(LoadedModel("1", predictor, {})), pipeline="digits", poll_seconds=0)
+    with TestClient(app) as client:
+        batch = [_png(images[0]), images[1].tolist(), _png(images[2])]  # one request may mix both
+        body = client.post("/predict", json={"images": batch}).json()
+        assert np.array_equal(np.asarray(body["probabilities"], dtype=np.float32), predictor.predict_proba(images))
+        too_big = client.post("/predict", json={"images": [_png(np.zeros((5, 4)))]})
+        assert too_big.status_code == 422 and too_big.json()["detail"] == "images[0] is 4x5 pixels; the model takes 4x4"
+        garbage = client.post("/predict", json={"images": [images[0].tolist(), "iVBORw0KGgo="]})
+        assert garbage.status_code == 422 and garbage.json()["detail"] == "images[1] is not a readable PNG"
+
+
+def _sample(metrics: str, name: str) -> float | None:
+    for line in metrics.splitlines():
+        if line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_in_prometheus_format(predictor: Predictor) -> None:
+    loader = SwitchableLoader(LoadedModel("1", predictor, {"alias": "champion"}))
+    app = create_app(loader, pipeline="toy", poll_seconds=0)
+    with TestClient(app) as client:
+        assert client.post("/predict", json={"rows": ROWS}).status_code == 200
+        assert client.post("/predict", json={"rows": []}).status_code == 422
+        assert client.get("/no-such-path").status_code == 404
+        loader.model = LoadedModel("2", tabular_predictor(seed=1), {"alias": "champion"})
+        app.state.refresh()
+        response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    text = response.text
+    assert _sample(text, 'deepgate_http_requests_total{method="POST",route="/predict",status="200"}') == 1
+    assert _sample(text, 'deepgate_http_errors_total{route="/predict",status="422"}') == 1
+    assert _sample(text, 'deepgate_http_requests_total{method="GET",route="other",status="404"}') == 1
+    assert _sample(text, 'deepgate_http_request_duration_seconds_count{route="/predict"}') == 2
+    assert _sample(text, 'deepgate_predictions_total{version="1"}') == len(ROWS)
+    assert _sample(text, 'deepgate_model_info{alias="champion",pipeline="toy",version="2"}') == 1
+    assert 'deepgate_model_info{alias="champion",pipeline="toy",version="1"}' not in text
+    assert _sample(text, "deepgate_model_swaps_total") == 1
+
+
+def test_prediction_log_samples_off_the_request_path(predictor: Predictor, tmp_path) -> None:
+    import sqlite3
+
+    from components.prediction_log import PredictionLog
+
+    store = tmp_path / "predictions" / "toy.sqlite"
+    app = create_app(
+        SwitchableLoader(LoadedModel("7", predictor, {})),
+        pipeline="toy",
+        poll_seconds=0,
+        prediction_log=PredictionLog(store, sample_rate=1.0),
+    )
+    with TestClient(app) as client:
+        answers = [client.post("/predict", json={"rows": ROWS}).json() for _ in range(3)]
+    # Leaving the client shut the app down, which flushed the log.
+    with sqlite3.connect(store) as db:
+        logged = db.execute("SELECT version, input, prediction, probabilities FROM predictions ORDER BY id").fetchall()
+    assert len(logged) == 3 * len(ROWS)
+    assert [json.loads(r[1]) for r in logged[: len(ROWS)]] == ROWS
+    assert [r[2] for r in logged[: len(ROWS)]] == answers[0]["predictions"] and {r[0] for r in logged} == {"7"}
+    assert json.loads(logged[0][3]) == pytest.approx(answers[0]["probabilities"][0])
+
+    sampled = PredictionLog(tmp_path / "sampled.sqlite", sample_rate=0.25, seed=0)
+    for _ in range(100):
+        sampled.record("1", ROWS, ["No"] * len(ROWS), np.zeros((len(ROWS), 2)))
+    sampled.close()
+    assert 60 < sampled.written < 140 and sampled.dropped == 0  # a quarter of 400
+
+    # A store that cannot be written drops rows (counted) and never fails a request.
+    (tmp_path / "blocked.sqlite").mkdir()
+    broken = PredictionLog(tmp_path / "blocked.sqlite", sample_rate=1.0)
+    app = create_app(
+        SwitchableLoader(LoadedModel("1", predictor, {})), pipeline="toy", poll_seconds=0, prediction_log=broken
+    )
+    with TestClient(app) as client:
+        assert all(client.post("/predict", json={"rows": ROWS}).status_code == 200 for _ in range(3))
+    assert broken.written == 0 and broken.dropped == 3 * len(ROWS)

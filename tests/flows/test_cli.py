@@ -7,6 +7,8 @@ Prefect server. The pipeline is a tiny CSV one (700 arrests rows, 2 epochs).
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import dvc  # noqa: F401  (see below)
@@ -162,10 +164,12 @@ def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: 
     service = create_app(
         champion_loader(registry, "toronto", tmp_path / "cache"), pipeline="toronto", poll_seconds=3600
     )
-    rows = arrests.drop(columns=["released"]).iloc[:5].to_dict(orient="records")
     with TestClient(service) as client:
         meta = client.get("/metadata").json()
         assert (meta["version"], meta["alias"], meta["pipeline"]) == ("1", names.CHAMPION, "toronto")
+        # The model's input columns only: the service refuses fields it does not know.
+        rows = arrests[[c["name"] for c in meta["input_schema"]]].iloc[:5].to_dict(orient="records")
+        assert client.post("/predict", json={"rows": [{**rows[0], "released": "Yes"}]}).status_code == 422
         first = client.post("/predict", json={"rows": rows}).json()
         assert first["version"] == "1"
 
@@ -177,8 +181,35 @@ def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: 
         assert registry.alias_version("toronto", names.CHAMPION).version == "2", output
 
         assert client.get("/metadata").json()["version"] == "1"  # nothing moves until a poll
+        # Requests keep coming while the service swaps to the new champion: none may fail, and
+        # each is answered by v1 or v2 (never a mix, never an error).
+        answered: list[str] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                response = client.post("/predict", json={"rows": rows})
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+                else:
+                    answered.append(response.json()["version"])
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        while len(answered) < 5 and not failures:
+            time.sleep(0.01)
         assert service.state.refresh() is True
-        assert client.get("/metadata").json()["version"] == "2"
+        count = len(answered)
+        while len(answered) < count + 5 and not failures:
+            time.sleep(0.01)
+        stop.set()
+        sender.join(30)
+        assert failures == [] and set(answered) == {"1", "2"}
+        assert set(answered[answered.index("2") :]) == {"2"}
+        meta = client.get("/metadata").json()
+        assert (meta["version"], meta["data_version"]) == ("2", meta["info"]["data_version"])
+        assert meta["trained_at"].startswith("20")
         second = client.post("/predict", json={"rows": rows}).json()
 
     assert second["version"] == "2"
