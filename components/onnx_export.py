@@ -21,7 +21,6 @@ Loading reads ONNX protobuf only; nothing is unpickled.
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import warnings
@@ -87,14 +86,14 @@ def export_onnx(predictor: Predictor, directory: str | os.PathLike[str], *, chec
     target = Path(directory) / ONNX_FILE
     wrapped = _WithSoftmax(predictor.net).cpu().eval()
     sample = torch.from_numpy(example_features(predictor))
-    buffer = io.BytesIO()
+    tmp = target.with_name(target.name + ".tmp")  # written, then renamed: never a half-written model.onnx
     try:
         with warnings.catch_warnings():  # the exporter's notice that it is the legacy one
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapped,
                 (sample,),
-                buffer,
+                str(tmp),
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
@@ -102,9 +101,8 @@ def export_onnx(predictor: Predictor, directory: str | os.PathLike[str], *, chec
                 opset_version=OPSET,
             )
     except Exception as error:  # the exporter raises many types for unsupported operators
+        tmp.unlink(missing_ok=True)
         raise OnnxExportError(f"arch {predictor.arch!r} could not be exported to ONNX: {error}") from error
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
     tmp.replace(target)
     if check:
         diff = max(parity(predictor, target, example_features(predictor, n)) for n in (1, 5))
