@@ -21,7 +21,8 @@ scoring (what the chunks cost; it should not grow with the file).
 Each run is repeated with torch's default intra-op threads (one per core) and with one thread:
 on a machine whose cores are already busy, torch's spinning worker threads can make the same
 forward pass tens of times slower (measured here, load 4.7 on 2 cores: 25 ms per 1,024 rows
-with 2 threads, 0.4 ms with 1).
+with 2 threads, 0.4 ms with 1). The package also holds `model.onnx` (exported as registration
+does), and each chunk size is scored once more with ONNX Runtime (`--backends torch onnx`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-rows", type=int, nargs="+", default=[10_000, 100_000], help="chunk sizes to compare")
     parser.add_argument("--input-format", choices=["parquet", "csv"], default="parquet")
     parser.add_argument(
+        "--backends", nargs="+", choices=["torch", "onnx"], default=["torch", "onnx"], help="network runtimes"
+    )
+    parser.add_argument(
         "--torch-threads",
         type=int,
         nargs="+",
@@ -58,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=lambda p: Path(p).resolve(), help="also write the figures to this JSON file")
     parser.add_argument(
-        "--child", nargs=5, metavar=("MODEL", "INPUT", "OUTPUT", "CHUNK", "THREADS"), help=argparse.SUPPRESS
+        "--child", nargs=6, metavar=("MODEL", "INPUT", "OUTPUT", "CHUNK", "THREADS", "BACKEND"), help=argparse.SUPPRESS
     )
     return parser.parse_args(argv)
 
@@ -81,6 +85,7 @@ def build_model(directory: Path) -> Path:
     from components.dataset import feature_columns
     from components.features import TabularPreprocessor
     from components.models import build_model as build_net
+    from components.onnx_export import export_onnx
     from components.predictor import Predictor
 
     torch.manual_seed(0)
@@ -97,7 +102,9 @@ def build_model(directory: Path) -> Path:
         torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
         optimiser.step()
     predictor = Predictor(net, prep, ["No", "Yes"], "mlp", params, {"pipeline": "arrests"}, positive_class="Yes")
-    return predictor.save(directory)
+    path = predictor.save(directory)
+    export_onnx(predictor, path)  # as registration does: model.onnx beside the weights
+    return path
 
 
 def write_rows(path: Path, rows: int, fmt: str, seed: int = 0) -> None:
@@ -125,7 +132,7 @@ def write_rows(path: Path, rows: int, fmt: str, seed: int = 0) -> None:
         writer.close()
 
 
-def child(model: str, source: str, output: str, chunk_rows: int, threads: int) -> dict[str, Any]:
+def child(model: str, source: str, output: str, chunk_rows: int, threads: int, backend: str) -> dict[str, Any]:
     """One scoring run in this (fresh) process: its wall time and memory."""
     import torch
 
@@ -135,7 +142,7 @@ def child(model: str, source: str, output: str, chunk_rows: int, threads: int) -
     from components.predictor import Predictor
     from components.scoring import score_file
 
-    predictor = Predictor.load(model)
+    predictor = Predictor.load(model, backend=backend)  # type: ignore[arg-type]
     before_kib = status_kib("VmRSS")
     result = score_file(predictor, Path(source), Path(output), "1", chunk_rows=chunk_rows, id_column="row_id")
     peak_kib = status_kib("VmHWM")
@@ -148,13 +155,24 @@ def child(model: str, source: str, output: str, chunk_rows: int, threads: int) -
         "peak_rss_mib": peak_kib / 1024,
         "growth_mib": (peak_kib - before_kib) / 1024,
         "output_mib": Path(output).stat().st_size / MIB,
-        "torch_threads": torch.get_num_threads(),
+        "backend": backend,
+        "threads": torch.get_num_threads() if backend == "torch" else "ORT default",
     }
 
 
-def run_child(model: Path, source: Path, output: Path, chunk_rows: int, threads: int) -> dict[str, Any]:
+def run_child(model: Path, source: Path, output: Path, chunk_rows: int, threads: int, backend: str) -> dict[str, Any]:
     """Score in a fresh interpreter and read its figures from its last output line."""
-    command = [sys.executable, __file__, "--child", str(model), str(source), str(output), str(chunk_rows), str(threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(model),
+        str(source),
+        str(output),
+        str(chunk_rows),
+        str(threads),
+        backend,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"scoring with chunks of {chunk_rows} failed:\n{done.stderr[-3000:]}")
@@ -170,7 +188,8 @@ def print_table(runs: list[dict[str, Any]], meta: dict[str, Any]) -> None:
 
     console = Console(width=None if sys.stdout.isatty() else 130)
     table = Table(
-        "torch threads",
+        "backend",
+        "threads",
         "chunk rows",
         *(Column(c, justify="right") for c in ("rows", "seconds", "rows/s", "RSS before MiB", "peak RSS MiB")),
         Column("growth MiB", justify="right"),
@@ -179,7 +198,8 @@ def print_table(runs: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     )
     for r in runs:
         table.add_row(
-            str(r["torch_threads"]),
+            r["backend"],
+            str(r["threads"]),
             f"{r['chunk_rows']:,}",
             f"{r['rows']:,}",
             f"{r['seconds']:.1f}",
@@ -200,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     """Build the model and the rows once, then score them once per chunk size."""
     args = parse_args(argv)
     if args.child:
-        model, source, output, chunk, threads = args.child
-        print(json.dumps(child(model, source, output, int(chunk), int(threads))))
+        model, source, output, chunk, threads, backend = args.child
+        print(json.dumps(child(model, source, output, int(chunk), int(threads), backend)))
         return 0
     with tempfile.TemporaryDirectory(prefix="deepgate-bench-score-") as tmp:
         start = time.perf_counter()
@@ -210,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         write_rows(source, args.rows, args.input_format)
         setup_s = time.perf_counter() - start
         scored = Path(tmp) / "scored.parquet"
-        runs = [run_child(model, source, scored, n, t) for t in args.torch_threads for n in args.chunk_rows]
+        plan = [("torch", t) for t in args.torch_threads if "torch" in args.backends]
+        plan += [("onnx", 0)] if "onnx" in args.backends else []  # torch threads do not apply to ONNX Runtime
+        runs = [run_child(model, source, scored, n, t, b) for b, t in plan for n in args.chunk_rows]
         meta = {
             "rows": args.rows,
             "input_format": args.input_format,
