@@ -219,6 +219,13 @@ def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: 
     assert not np.allclose(first["probabilities"], second["probabilities"])  # another model answers
 
 
+def test_serve_refuses_bad_options_before_starting(deepgate) -> None:
+    code, output = deepgate("serve", "toronto", "--unknown-category", "guess")
+    assert code == 1 and "--unknown-category must be ignore or error" in output
+    code, output = deepgate("serve", "toronto", "--log-predictions", "1.5")
+    assert code == 2 and "--log-predictions" in output
+
+
 def test_promote_by_hand_runs_the_gates_force_needs_a_reason_and_rollback_undoes_it(
     workspace: Path, arrests: pd.DataFrame, deepgate
 ) -> None:
