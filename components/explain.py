@@ -38,6 +38,7 @@ from components.predictor import Predictor
 
 Metric = Literal["accuracy", "macro_f1"]
 REPEATS = 5
+MAX_ROWS = 10_000  # permutation importance on more test rows: a seeded sample of this many
 STEPS = 32
 PER_CLASS = 8
 MAX_CLASSES_SHOWN = 10
@@ -146,6 +147,7 @@ def permutation_importance(
     metric: Metric = "macro_f1",
     repeats: int = REPEATS,
     seed: int = 0,
+    max_rows: int = MAX_ROWS,
 ) -> FeatureImportance:
     """How much a tabular model's score drops when each raw input column is shuffled.
 
@@ -156,7 +158,9 @@ def permutation_importance(
         metric: `macro_f1` (default: on imbalanced labels, accuracy barely moves when a
             column the minority class needs is shuffled) or `accuracy`.
         repeats: Shuffles per column.
-        seed: Seed of the shuffles.
+        seed: Seed of the shuffles (and of the sample, beyond `max_rows`).
+        max_rows: More rows than this are sampled down to it: each shuffle holds `repeats`
+            encoded copies of the rows in memory.
 
     Returns:
         A :class:`FeatureImportance` over the model's input columns.
@@ -174,10 +178,13 @@ def permutation_importance(
         raise ValueError(f"need labelled rows: {len(frame)} rows, {len(y_true)} labels")
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
+    rng = np.random.default_rng(seed)
+    if len(frame) > max_rows:
+        rows = np.sort(rng.choice(len(frame), size=max_rows, replace=False))
+        frame, y_true = frame.iloc[rows], y_true[rows]
     k, n = len(predictor.classes), len(frame)
     encoded = preprocessor.transform(frame, strict=False)
     baseline = float(_scores(y_true, _predicted(predictor.net, encoded)[None], k, metric)[0])
-    rng = np.random.default_rng(seed)
     means, stds = [], []
     for slots in preprocessor.column_slots().values():
         copies = np.repeat(encoded[None], repeats, axis=0)  # (repeats, n, width)

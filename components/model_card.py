@@ -149,8 +149,9 @@ def _badge(status: str) -> str:
     return f'<span class="badge {kind}">{_e(label)}</span>'
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[int] = ()) -> str:
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] = ()) -> str:
     """A table of already-escaped cells; columns in `numeric` are right-aligned."""
+    numeric = set(numeric)
     head = "".join(f"<th{' class=num' if i in numeric else ''}>{h}</th>" for i, h in enumerate(headers))
     body = "".join(
         "<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{c}</td>" for i, c in enumerate(row)) + "</tr>"
@@ -202,16 +203,26 @@ def _gate_block(report: GateReport | None, title: str, open_checks: bool = False
     """A gate's verdict and headline, its key figures, and its checks (failures first)."""
     if report is None:
         return f"<h3>{_e(title)}</h3><p><em>this gate did not run</em></p>"
+    # A passing headline already names the first three figures: list the others only.
+    extra = list(report.figures.items())[3 if report.passed else 0 :]
     figures = ""
-    if report.figures:
-        items = "".join(f"<li>{_e(k)}: <b>{_e(f'{v:.4g}')}</b></li>" for k, v in list(report.figures.items())[:6])
+    if extra:
+        items = "".join(f"<li>{_e(k)}: <b>{_e(f'{v:.4g}')}</b></li>" for k, v in extra[:8])
         figures = f'<ul class="figures">{items}</ul>'
     ordered = sorted(report.checks, key=lambda c: (c.passed, c.severity != "fail"))
     opened = " open" if open_checks or not report.passed else ""
     return (
-        f"<h3>{_e(title)} {_badge(report.status)}</h3><p>{_e(report.headline())}</p>{figures}"
+        f"<h3>{_e(title)} {_badge(report.status)}</h3><p>{_e(_reason(report))}</p>{figures}"
         f"<details{opened}><summary>{_count(len(report.checks), 'check')}</summary>{_checks(ordered)}</details>"
     )
+
+
+def _reason(report: GateReport) -> str:
+    """The gate's headline; for a gate that did not apply, why not."""
+    if report.applicable:
+        return report.headline()
+    why = "; ".join(c.detail for c in report.checks)
+    return f"not applicable: {why}" if why else "not applicable"
 
 
 def _section(key: str, body: str) -> str:
@@ -224,7 +235,7 @@ def _section(key: str, body: str) -> str:
 def _data(inputs: ModelCardInputs) -> str:
     known = [(label, inputs.lineage.get(key)) for key, label in _LINEAGE.items()]
     extra = [(key, value) for key, value in inputs.lineage.items() if key not in _LINEAGE]
-    rows = [(_e(label), f"<code>{_e(value)}</code>") for label, value in known + extra if value]
+    rows = [(_e(label), f"<code>{_e(value)}</code>") for label, value in known + extra if value and label != "pipeline"]
     body = "<h3>Lineage</h3>" + _table(["", "value"], rows)
     return _section("data", body + _gate_block(inputs.gate("validation"), "Validation (Great Expectations)"))
 
@@ -257,7 +268,7 @@ def _change_class(change: float | None, lower_is_better: bool = False) -> str:
 def _evaluation(inputs: ModelCardInputs) -> str:
     c = inputs.comparison
     new, old = c.challenger, c.champion
-    rows = []
+    rows: list[Sequence[str]] = []
     for metric, label in _OVERALL:
         value = getattr(new, metric)
         if value is None:
@@ -277,11 +288,14 @@ def _evaluation(inputs: ModelCardInputs) -> str:
                 else f'<span class="{css}">{_num(change, signed=True)}</span> ' + _interval(paired, signed=True),
             )
         )
+    headers = ["metric", "challenger", "champion", "change"]
+    if old is None:
+        headers, rows = headers[:2], [row[:2] for row in rows]
     against = "no champion yet: absolute floors only" if old is None else "the current champion on the same rows"
     body = (
         f"<p>{_e(c.split)}: {c.challenger.n} rows; challenger against {_e(against)}. "
         "Brackets: 95% bootstrap intervals (changes paired on the same rows).</p>"
-        + _table(["metric", "challenger", "champion", "change"], rows, numeric=(1, 2, 3))
+        + _table(headers, rows, numeric=(1, 2, 3))
     )
     if c.paired is not None:
         body += f"<p>Paired test: {_e(c.paired.sentence())}.</p>"
@@ -318,11 +332,14 @@ def _slices(inputs: ModelCardInputs) -> str:
         cells.append("yes" if s.judged else '<span class="muted">too small</span>')
         rows.append(cells)
     headers = ["group", "rows", "accuracy", "champion", "change", "macro-F1", "champion", "change", "judged"]
+    if c.champion is None:  # the challenger's figures only
+        keep = (0, 1, 2, 5, 8)
+        headers, rows = [headers[i] for i in keep], [[row[i] for i in keep] for row in rows]
     note = (
         f"<p>Each group of each slice column, then of each pair. Groups under {c.min_slice_size} rows are too "
         "small to judge; the evaluation gate holds every judged group to the slice tolerance.</p>"
     )
-    return _section("slices", note + _table(headers, rows, numeric=(1, 2, 3, 4, 5, 6, 7)))
+    return _section("slices", note + _table(headers, rows, numeric=range(1, len(headers) - 1)))
 
 
 def _estimate(estimate: Estimate | None) -> str:
@@ -407,9 +424,7 @@ def _explanations(inputs: ModelCardInputs) -> str:
 
 
 def _gates(inputs: ModelCardInputs) -> str:
-    rows = [
-        (f"<a href='#gate-{_e(g.gate)}'>{_e(g.gate)}</a>", _badge(g.status), _e(g.headline())) for g in inputs.gates
-    ]
+    rows = [(f"<a href='#gate-{_e(g.gate)}'>{_e(g.gate)}</a>", _badge(g.status), _e(_reason(g))) for g in inputs.gates]
     body = _table(["gate", "verdict", "reason"], rows)
     for g in inputs.gates:
         body += f'<div id="gate-{_e(g.gate)}">{_gate_block(g, g.gate)}</div>'
@@ -470,7 +485,8 @@ ul.figures { display: flex; flex-wrap: wrap; gap: 4px 18px; list-style: none; pa
 details { margin: 6px 0 12px; }
 summary { cursor: pointer; color: var(--muted); font-size: 14px; }
 figure { margin: 14px 0; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 0 24px; align-items: end; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 0 24px; align-items: start; }
+.grid figure img { max-height: 360px; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 figcaption { color: var(--muted); font-size: 13px; }
 dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 8px 0; font-size: 14px; }

@@ -88,6 +88,8 @@ def test_permutation_importance_is_seeded_and_checks_its_inputs() -> None:
     assert permutation_importance(predictor, frame, y, seed=7) == first
     assert "a (+" in first.headline() and f"{len(frame)} test rows" in first.method()
     assert first.to_dict()["features"][0]["feature"] == "a"
+    sampled = permutation_importance(predictor, frame, y, seed=7, max_rows=100)
+    assert sampled.n == 100 and sampled.importances[1:] == [0.0, 0.0]
     with pytest.raises(ValueError, match="labelled rows"):
         permutation_importance(predictor, frame, y[:-1])
     with pytest.raises(ValueError, match="unknown metric"):

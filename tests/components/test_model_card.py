@@ -145,6 +145,7 @@ def test_a_first_model_has_no_champion_columns() -> None:
     page = render_model_card(card_inputs(champion=False))
     assert "PROMOTE (no champion yet)" in page
     assert "no champion yet: absolute floors only" in page
+    assert ">champion</th>" not in page and ">change</th>" not in page  # no empty columns
 
 
 def test_a_gate_that_did_not_apply_says_why() -> None:
@@ -156,6 +157,7 @@ def test_a_gate_that_did_not_apply_says_why() -> None:
     inputs.bias, inputs.fairness_figure, inputs.explanation = None, None, None
     page = render_model_card(inputs)
     assert "Not applicable: bias audit covers binary classifiers only." in page
+    assert "not applicable: no champion yet" in page  # the drift gate's reason, in the gates table
     assert "no explanation method covers this model" in page
 
 
