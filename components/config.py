@@ -559,6 +559,25 @@ class ExportConfig(_Strict):
     )
 
 
+class MonitorConfig(_Strict):
+    """Drift monitoring of the served model (`deepgate monitor`): which logged rows, and the limits.
+
+    Each feature is judged with `gates.drift`'s PSI and p-value limits (a feature drifts when both
+    agree); the predicted-class shares against the training labels by PSI alone.
+    """
+
+    window_hours: float | None = Field(
+        168, gt=0, description="Only predictions logged in the last this many hours (empty: all)."
+    )
+    max_rows: int = Field(10_000, gt=0, description="At most the latest this many logged rows.")
+    min_rows: int = Field(
+        200, gt=0, description="Fewer logged rows are reported as too few to judge (no verdict, no trigger)."
+    )
+    prediction_psi_threshold: float = Field(
+        0.1, gt=0, description="PSI of the predicted-class shares against the training label shares."
+    )
+
+
 class PipelineConfig(_Strict):
     """One pipeline: data, split, training, gates and (optionally) the hyperparameter search."""
 
@@ -571,6 +590,7 @@ class PipelineConfig(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -593,10 +613,10 @@ class PipelineConfig(_Strict):
         """A stable hash of everything that changes the trained model.
 
         The `tune:` section only steers `deepgate tune` (whose results reach training as
-        overrides) and `promote:` only who signs off, so editing them never makes a registered
-        model look out of date.
+        overrides), `promote:` only who signs off and `monitor:` only the watch on the served model,
+        so editing them never makes a registered model look out of date.
         """
-        payload = json.dumps(self.model_dump(mode="json", exclude={"tune", "promote"}), sort_keys=True)
+        payload = json.dumps(self.model_dump(mode="json", exclude={"tune", "promote", "monitor"}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -36,12 +36,17 @@ TAG_APPROVAL_COMMENT = "deepgate.approval.comment"
 TAG_PREVIOUS_CHAMPION = "deepgate.previous_champion"
 
 # Run tags of `deepgate tune`: the search's parent run and one nested run per trial.
-TAG_RUN_KIND = "deepgate.run_kind"  # "tune" | "tune_trial"
+TAG_RUN_KIND = "deepgate.run_kind"  # "tune" | "tune_trial" | "monitor"
 TAG_TUNE_TRIAL = "deepgate.tune.trial"  # Optuna's trial number
 TAG_TUNE_STATE = "deepgate.tune.state"  # "complete" | "pruned" | "failed"
 TAG_TUNE_BASELINE = "deepgate.tune.baseline"  # "true" on the trial that replayed the current settings
 RUN_KIND_TUNE = "tune"
 RUN_KIND_TUNE_TRIAL = "tune_trial"
+RUN_KIND_MONITOR = "monitor"  # a `deepgate monitor` comparison of logged predictions with training data
+
+# Prefect events that start retraining (each deployment's triggers match them by resource id).
+EVENT_DATASET_UPDATED = "deepgate.dataset.updated"  # ingest saw a data version not trained on yet
+EVENT_DRIFT_DETECTED = "deepgate.drift.detected"  # monitoring found production inputs drifted
 
 VERDICT_PROMOTED = "promoted"
 VERDICT_REJECTED = "rejected"
@@ -53,6 +58,11 @@ VERDICT_ABORTED = "aborted"  # a registry step failed; the aliases were put back
 def experiment_name(pipeline: str) -> str:
     """MLflow experiment that holds every retraining run of a pipeline."""
     return f"deepgate-{pipeline}"
+
+
+def pipeline_resource(pipeline: str) -> dict[str, str]:
+    """The Prefect event resource of a pipeline: what its deployment's triggers match on."""
+    return {"prefect.resource.id": f"deepgate.pipeline.{pipeline}", "deepgate.pipeline": pipeline}
 
 
 def registered_model_name(pipeline: str) -> str:

@@ -4,6 +4,7 @@ Exit codes of `deepgate run`: 0 the flow completed (challenger promoted, rejecte
 up to date); 2 a data or label gate stopped the run before training; 1 an error.
 `deepgate tune`: 0 the best values were written; 2 a data or label gate stopped the search;
 1 an error, or no trial completed.
+`deepgate monitor`: 0 stable (or too few logged rows, or no champion); 3 drift found; 1 an error.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 EXIT_OK, EXIT_ERROR, EXIT_GATE = 0, 1, 2
+EXIT_DRIFT = 3  # `deepgate monitor` found drift
 _LOCAL_PREFECT = "http://127.0.0.1:4200/api"
 
 
@@ -729,6 +731,49 @@ def schedule(
         highlight=False,
     )
     prefect_serve(*planned)
+
+
+@app.command()
+def monitor(
+    pipeline: Annotated[str, typer.Argument(help="The pipeline whose served model to check.")],
+    prediction_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="The sqlite file of logged predictions [default: .deepgate/predictions/PIPELINE.sqlite].",
+            envvar="DEEPGATE_SERVE_PREDICTION_LOG",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare logged production inputs and predictions with the champion's training data.
+
+    Exit 0 when stable (or too few rows, or no champion: the report says which), 3 when drift
+    was found (the event `deepgate.drift.detected` then starts retraining where deployments are served).
+    """
+    settings = load_settings()
+    try:
+        config = load_pipeline(pipeline, params_path=settings.params_path)
+    except ConfigError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    _prepare_environment(settings)
+    from flows.monitor import monitor as monitor_flow
+
+    state = monitor_flow(
+        config,
+        home=str(settings.home),
+        log_path=None if prediction_log is None else str(prediction_log),
+        return_state=True,
+    )
+    if not state.is_completed():
+        err.print(f"[red]error in pipeline {pipeline}:[/red] {state.result(raise_on_failure=False)}", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+    report = state.result()
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console.print(f"{pipeline}: {report.verdict}: {report.headline()}", highlight=False)
+    raise typer.Exit(EXIT_DRIFT if report.drifted else EXIT_OK)
 
 
 def main() -> None:
