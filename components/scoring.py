@@ -131,19 +131,57 @@ def _needed_columns(predictor: Predictor, id_column: str | None) -> list[str]:
     return columns + ([id_column] if id_column and id_column not in columns else [])
 
 
+def _npz_members(archive: zipfile.ZipFile) -> dict[str, str]:
+    """Array name -> zip member; a canonical deepgate file names its table columns col__NAME."""
+    members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+    members.update({key.removeprefix("col__"): name for key, name in list(members.items()) if key.startswith("col__")})
+    return members
+
+
+def _present_columns(path: Path, kind: str) -> list[str]:
+    """The columns of a CSV header or a Parquet schema, or the arrays of an npz, read without the rows."""
+    try:
+        if kind == "csv":
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        if kind == "parquet":
+            return list(pq.read_schema(path).names)
+        with zipfile.ZipFile(path) as archive:
+            return list(_npz_members(archive))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ScoringError(f"{path} is not a readable CSV: {error}") from None
+    except (pa.ArrowInvalid, OSError, zipfile.BadZipFile) as error:
+        raise ScoringError(f"{path} is not a readable {kind} file: {error}") from None
+
+
+def missing_columns(path: Path, predictor: Predictor, id_column: str | None = None) -> list[str]:
+    """The columns (npz: arrays) that scoring needs and the file lacks, in the model's order; [] if none.
+
+    Raises:
+        ScoringError: The file is missing, unreadable, of an unknown format, or of a format the
+            model's modality cannot read (images come only as .npz).
+    """
+    kind = check_input(path)
+    if predictor.modality == "image" and kind != "npz":
+        raise ScoringError(f"{path}: an image model scores .npz files (an 'images' array), not {kind}")
+    needed = ([IMAGES_ARRAY] if predictor.modality == "image" else []) + _needed_columns(predictor, id_column)
+    present = set(_present_columns(path, kind))
+    return [c for c in needed if c not in present]
+
+
 def _refuse_missing(path: Path, present: Sequence[str], needed: Sequence[str]) -> None:
     have = set(present)
     missing = [c for c in needed if c not in have]
     if missing:
-        raise ScoringError(f"{path} lacks the column(s) {', '.join(map(repr, missing))} that scoring needs")
+        raise ScoringError(missing_message(path, missing))
+
+
+def missing_message(path: Path, missing: Sequence[str]) -> str:
+    """How a refusal for missing columns reads."""
+    return f"{path} lacks the column(s) {', '.join(map(repr, missing))} that scoring needs"
 
 
 def _csv_chunks(path: Path, needed: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ScoringError(f"{path} is not a readable CSV: {error}") from None
-    _refuse_missing(path, header, needed)
+    _refuse_missing(path, _present_columns(path, "csv"), needed)
 
     def chunks() -> Iterator[pd.DataFrame]:
         # usecols: only the model's columns are parsed; on_bad_lines: a ragged file fails.
@@ -190,9 +228,7 @@ def _npz_chunks(path: Path, predictor: Predictor, id_column: str | None, chunk_r
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
         raise ScoringError(f"{path} is not a readable .npz file: {error}") from None
-    members = {name.removesuffix(".npy"): name for name in archive.namelist()}
-    # A canonical deepgate file names its table columns col__NAME.
-    members.update({key.removeprefix("col__"): name for key, name in list(members.items()) if key.startswith("col__")})
+    members = _npz_members(archive)
     image = predictor.modality == "image"
     needed = ([IMAGES_ARRAY] if image else []) + _needed_columns(predictor, id_column)
     try:
@@ -288,6 +324,11 @@ class _Writer:
             self.path.write_text("")
 
 
+def _shift_rows(message: str, offset: int) -> str:
+    """An InputError message with its (chunk-relative) row number made a row number of the file."""
+    return re.sub(r"\brow (\d+)", lambda match: f"row {offset + int(match.group(1))}", message, count=1)
+
+
 def score_file(
     predictor: Predictor,
     input_path: Path,
@@ -339,10 +380,7 @@ def score_file(
             try:
                 probabilities = predictor.predict_proba(images, strict=strict)
             except InputError as error:  # its row numbers count from the chunk's first row
-                message = re.sub(
-                    r"\brow (\d+)", lambda m, done=rows: f"row {done + int(m.group(1))}", str(error), count=1
-                )
-                raise ScoringError(f"{input_path}: {message}") from None
+                raise ScoringError(f"{input_path}: {_shift_rows(str(error), rows)}") from None
             writer.write(prediction_frame(predictor, probabilities, model_version, ids))
             rows, count = rows + len(probabilities), count + 1
             if on_progress is not None:

@@ -2,7 +2,8 @@
 
 ```
 resolve (models:/deepgate-PIPELINE@champion, or a version) -> load the package (once)
-   -> score the file chunk by chunk (progress lines) -> summary
+   -> check the input's columns (header only) -> score the file chunk by chunk (progress lines)
+   -> summary
 ```
 The output is written to a temporary file and renamed at the end, so a failed run leaves
 nothing behind; every row carries the model version that scored it.
@@ -22,7 +23,16 @@ from prefect.cache_policies import NO_CACHE
 from components import names
 from components.predictor import Predictor
 from components.registry import Registry
-from components.scoring import DEFAULT_CHUNK_ROWS, ScoreResult, ScoringError, check_input, check_output, score_file
+from components.scoring import (
+    DEFAULT_CHUNK_ROWS,
+    ScoreResult,
+    ScoringError,
+    check_input,
+    check_output,
+    missing_columns,
+    missing_message,
+    score_file,
+)
 from components.settings import load_settings
 
 PROGRESS_EVERY_S = 5.0
@@ -45,17 +55,12 @@ class ScoreSummary:
 
 
 @_task(name="resolve")
-def resolve(registry: Registry, pipeline: str, version: str | None) -> str:
-    """The exact version to score with: the one asked for, or the champion's."""
+def resolve(registry: Registry, pipeline: str, version: str | None) -> str | None:
+    """The exact version to score with: the one asked for, or the champion's (None: there is none)."""
     if version is not None:
-        found = {v.version for v in registry.versions(pipeline)}
-        if str(version) not in found:
-            raise ScoringError(f"{names.registered_model_name(pipeline)} has no version {version}")
-        return str(version)
+        return str(version) if str(version) in {v.version for v in registry.versions(pipeline)} else None
     champion = registry.alias_version(pipeline, names.CHAMPION)
-    if champion is None:
-        raise ScoringError(f"{pipeline} has no champion yet: run `deepgate run {pipeline}` or pass --version")
-    return champion.version
+    return None if champion is None else champion.version
 
 
 @_task(name="load_model")
@@ -63,6 +68,12 @@ def load_model(registry: Registry, pipeline: str, version: str) -> Predictor:
     """Download the version's package once and load it (weights in memory; the files go)."""
     with registry.package(pipeline, version) as package:
         return Predictor.load(package)
+
+
+@_task(name="check_columns")
+def check_columns(source: Path, predictor: Predictor, id_column: str | None) -> list[str]:
+    """The columns the model (or --id-column) needs that the input lacks: read from its header only."""
+    return missing_columns(source, predictor, id_column)
 
 
 @_task(name="score_file")
@@ -122,8 +133,18 @@ def score_flow(
     check_output(target)
     registry = Registry(load_settings(Path(home) if home else None))
     chosen = resolve(registry, pipeline, version)
+    if chosen is None:  # refusals are raised here, by the flow, not inside a task: one clear failure
+        name = names.registered_model_name(pipeline)
+        raise ScoringError(
+            f"{name} has no version {version}"
+            if version is not None
+            else f"{pipeline} has no champion yet: run `deepgate run {pipeline}` or pass --version"
+        )
     model_uri = f"models:/{names.registered_model_name(pipeline)}/{chosen}"
     predictor = load_model(registry, pipeline, chosen)
+    missing = check_columns(source, predictor, id_column)
+    if missing:
+        raise ScoringError(missing_message(source, missing))
     result = score(predictor, source, target, chosen, model_uri, chunk_rows, id_column, threads)
     get_run_logger().info(
         "%s: %s rows in %.1fs (%s rows/s) with %s -> %s",

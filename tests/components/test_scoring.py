@@ -17,7 +17,7 @@ from components.dataset import feature_columns
 from components.features import TabularPreprocessor
 from components.models import build_model
 from components.predictor import Predictor
-from components.scoring import MODEL_VERSION, PREDICTION, ScoringError, score_file
+from components.scoring import MODEL_VERSION, PREDICTION, ScoringError, missing_columns, score_file
 
 ROWS = 50
 
@@ -105,6 +105,7 @@ def test_missing_columns_are_named_and_nothing_is_written(
     for suffix in (".csv", ".parquet", ".npz"):
         source = write_input(rows.drop(columns=["age", "sex"]), tmp_path / f"in{suffix}")
         out = tmp_path / "out.parquet"
+        assert missing_columns(source, predictor, "ref") == ["age", "sex", "ref"]  # from the header alone
         with pytest.raises(ScoringError, match="'age', 'sex'"):
             score_file(predictor, source, out, "1")
         with pytest.raises(ScoringError, match="'ref'"):
