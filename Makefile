@@ -16,7 +16,7 @@ export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev browser run transfer tune test test-fast lint format bench status serve ui clean
+.PHONY: help install dev browser run transfer tune test test-fast audit lint format bench status serve ui clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,10 @@ test: dev browser ## Run the whole test suite (what CI runs)
 
 test-fast: dev browser ## Tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -m "not slow"
+
+# Needs PyPI (pip-audit's vulnerability data): CI runs it beside `make test`.
+audit: dev ## Known vulnerabilities in the pinned dependencies: fails on one with a fix (.ci/audit.py)
+	$(BIN)/python .ci/audit.py --requirements constraints.txt --extra "$(TORCH)"
 
 lint: dev ## ruff (lint + format check) and mypy on components/
 	$(BIN)/ruff check .

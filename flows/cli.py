@@ -709,8 +709,16 @@ def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000)
 def schedule(
     pipelines: Annotated[list[str] | None, typer.Argument(help="Pipelines to schedule (default: all).")] = None,
     cron: Annotated[str, typer.Option(help="Cron expression (default: nightly at 03:00).")] = "0 3 * * *",
+    work_pool: Annotated[
+        str | None,
+        typer.Option(
+            "--work-pool",
+            help="Register the deployments on this Prefect work pool, for its workers to run, and return "
+            "(instead of serving them from this process). Run it where the flows' code lives, e.g. in the image.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve Prefect deployments that retrain each pipeline on a cron schedule."""
+    """Serve Prefect deployments that retrain each pipeline on a cron schedule (or register them on a work pool)."""
     settings = load_settings()
     _prepare_environment(settings)
     from prefect import serve as prefect_serve
@@ -726,6 +734,17 @@ def schedule(
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     planned = deployments(chosen, cron=cron, home=str(settings.home))
+    if work_pool:
+        # The runs start in this process's working directory on the worker's side (the image's
+        # /app): no code is uploaded; the work pool's job template chooses the image.
+        for deployment in planned:
+            deployment.apply(work_pool_name=work_pool)
+        console.print(
+            f"registered {len(planned)} deployment(s) on work pool '{work_pool}', cron '{cron}': "
+            + ", ".join(f"retrain/{d.name}" for d in planned),
+            highlight=False,
+        )
+        return
     console.print(
         f"serving {len(planned)} deployment(s) on cron '{cron}': " + ", ".join(f"retrain/{d.name}" for d in planned),
         highlight=False,
