@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -119,7 +120,7 @@ def parse_batch(
 # --------------------------------------------------------------------------------------------
 
 _Number = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_NUMBER, le=MAX_ABS_NUMBER)]
-_Category = str | Annotated[int, Field(ge=-(2**63), le=2**63)] | _Number | bool
+_Category = str | _Number | bool  # strict floats accept JSON integers too
 
 
 def _row_model(prep: TabularPreprocessor, unknown_category: UnknownCategory) -> type[BaseModel]:
@@ -133,16 +134,33 @@ def _row_model(prep: TabularPreprocessor, unknown_category: UnknownCategory) -> 
         else:
             categories = prep.categories[column]
             if unknown_category == "error":
-                schema: dict[str, Any] = {"anyOf": [{"enum": categories}, {"type": "null"}]}
+                schema: dict[str, Any] = {"anyOf": [{"enum": _json_forms(categories)}, {"type": "null"}]}
                 description = "categorical: one of the training categories, or null"
             else:
-                schema = {"anyOf": [{"type": t} for t in ("string", "number", "boolean", "null")]}
+                number = {"type": "number", "minimum": -MAX_ABS_NUMBER, "maximum": MAX_ABS_NUMBER}
+                schema = {"anyOf": [{"type": "string"}, number, {"type": "boolean"}, {"type": "null"}]}
                 schema["examples"] = categories[:5]
                 description = f"categorical; training categories: {categories[:20]}; others count as unknown"
             kind = Annotated[_Category | None, WithJsonSchema(schema)]
             fields[f"f{i}"] = (kind, Field(alias=column, description=description))
     config = ConfigDict(extra="forbid", strict=True, title="Row")
     return create_model("Row", __config__=config, **fields)  # type: ignore[call-overload,no-any-return]
+
+
+def _json_forms(categories: list[str]) -> list[Any]:
+    """The categories as sent in JSON: "True" may come as true, "3" as 3 (they match the same)."""
+    forms: list[Any] = list(categories)
+    for category in categories:
+        if category in ("True", "False"):
+            forms.append(category == "True")
+        else:
+            try:
+                number = float(category)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                forms.append(int(number) if number.is_integer() else number)
+    return forms
 
 
 def _describe(error: ValidationError, key: str) -> str:
@@ -213,6 +231,7 @@ def _image_item(prep: ImagePreprocessor) -> Any:
                 "type": "string",
                 "contentEncoding": "base64",
                 "contentMediaType": "image/png",
+                "pattern": "^iVBORw0KGgo",  # the PNG signature, base64-encoded
                 "description": f"a {w}x{h} PNG ({'greyscale' if c == 1 else 'RGB'}), base64",
             }
         )
