@@ -17,6 +17,7 @@ import importlib.util
 import json
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,6 +225,11 @@ def test_no_credential_is_written_down() -> None:
                 assert password == "VAR", f"{name}: {key} has a literal password"
     ini = (INFRA / "mlflow" / "basic_auth.ini").read_text()
     assert not re.search(r"^\s*admin_(username|password)\s*=", ini, re.M)
+
+
+def test_the_real_env_file_is_never_committed() -> None:
+    ignored = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, "add infra/.env to .gitignore"
 
 
 def test_mlflow_server_runs_with_basic_auth_on_postgresql_and_s3() -> None:
