@@ -73,7 +73,9 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def record(self, version: str, inputs: Sequence[Any], labels: Sequence[str], probabilities: np.ndarray) -> None:
+    def record(
+        self, version: str, inputs: Sequence[Any] | np.ndarray, labels: Sequence[str], probabilities: np.ndarray
+    ) -> None:
         """Queue a sample of one request's inputs and answers; returns at once, never raises."""
         try:
             now = time.time()

@@ -141,9 +141,10 @@ async def _read_json(request: Request) -> Any:
         raise BadInput(400, "body is nested too deeply") from None
 
 
-def _predict(served: Served, body: Any, unknown_category: UnknownCategory) -> tuple[dict[str, Any], Any, Any]:
+def _predict(served: Served, body: Any) -> tuple[dict[str, Any], list[Any] | np.ndarray, np.ndarray]:
+    """The answer, and the validated inputs and probabilities (for the prediction log)."""
     model, predictor = served.model, served.model.predictor
-    batch = parse_batch(served.spec, predictor, body, unknown_category)
+    batch = parse_batch(served.spec, predictor, body)
     if isinstance(batch, np.ndarray):
         probabilities = predictor.predict_proba(batch, strict=True)
     else:
@@ -293,7 +294,7 @@ def create_app(
             body = await _read_json(request)
             # Validation and the forward pass are CPU-bound: off the event loop, so /health
             # stays responsive.
-            answer, batch, probabilities = await run_in_threadpool(_predict, served, body, unknown_category)
+            answer, batch, probabilities = await run_in_threadpool(_predict, served, body)
         except BadInput as error:
             return _error(error.status, error.message)
         except InputError as error:

@@ -49,11 +49,14 @@ class InputSpec:
         key: The body's one field: `rows` (tabular) or `images`.
         request: Validates a parsed body.
         response: Describes a successful answer.
+        unknown_category: What a categorical value not seen in training gets: `ignore`
+            (encoded as no known category, as in training) or `error` (422).
     """
 
     key: str
     request: type[BaseModel]
     response: type[BaseModel]
+    unknown_category: UnknownCategory = "ignore"
 
 
 def input_spec(predictor: Predictor, max_rows: int, unknown_category: UnknownCategory = "ignore") -> InputSpec:
@@ -62,8 +65,7 @@ def input_spec(predictor: Predictor, max_rows: int, unknown_category: UnknownCat
     Args:
         predictor: The model being served.
         max_rows: Most inputs one request may hold.
-        unknown_category: `ignore` (encoded as no known category, as in training) or `error`
-            (422); only changes the documented schema here, :func:`parse_batch` enforces it.
+        unknown_category: See :class:`InputSpec`.
     """
     prep = predictor.preprocessor
     strict = ConfigDict(extra="forbid", strict=True)
@@ -83,12 +85,10 @@ def input_spec(predictor: Predictor, max_rows: int, unknown_category: UnknownCat
         probabilities=(list[list[float]], Field(description="Class probabilities of each input, in `classes` order.")),
         classes=(list[str], Field(description="The class labels.")),
     )
-    return InputSpec(key, request, response)
+    return InputSpec(key, request, response, unknown_category)
 
 
-def parse_batch(
-    spec: InputSpec, predictor: Predictor, body: Any, unknown_category: UnknownCategory = "ignore"
-) -> list[Any] | np.ndarray:
+def parse_batch(spec: InputSpec, predictor: Predictor, body: Any) -> list[Any] | np.ndarray:
     """Validate a parsed JSON body; rows (as sent) for tabular models, a uint8/float array for images.
 
     Raises:
@@ -104,7 +104,7 @@ def parse_batch(
     prep = predictor.preprocessor
     if isinstance(prep, ImagePreprocessor):
         return np.stack([_image(item, i, prep) for i, item in enumerate(batch)])
-    if unknown_category == "error":
+    if spec.unknown_category == "error":
         assert isinstance(prep, TabularPreprocessor)
         found = prep.first_unknown_category(batch)
         if found is not None:
