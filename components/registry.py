@@ -219,6 +219,18 @@ class Registry:
                 return info
         return None
 
+    def data_version_seen(self, pipeline: str, md5: str, *, besides: str) -> bool:
+        """Whether a run of the pipeline other than `besides` has already recorded data version `md5`."""
+        experiment = self.client.get_experiment_by_name(names.experiment_name(pipeline))
+        if experiment is None:
+            return False
+        runs = self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{names.TAG_DATA_VERSION}` = '{md5}' and attributes.run_id != '{besides}'",
+            max_results=1,
+        )
+        return len(runs) > 0
+
     def resolve(self, uri: str) -> tuple[str, str]:
         """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> (registered model name, version).
 

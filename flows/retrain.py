@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from prefect.events import emit_event
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -97,6 +98,25 @@ def snapshot(config: PipelineConfig, settings: Settings) -> DataVersion | None:
 def version(settings: Settings, path: Path) -> DataVersion:
     """Snapshot the canonical file with DVC and push it to the remote."""
     return version_dataset(settings.home, path, settings.dvc_remote)
+
+
+@_task(name="announce_data_version")
+def announce(
+    registry: Registry, config: PipelineConfig, data: DataVersion, run_id: str, trained_on: str | None
+) -> bool:
+    """Emit `deepgate.dataset.updated` for a data version neither the champion nor any earlier run has seen.
+
+    Earlier runs count too: a retraining that this very event starts finds the version already
+    recorded, so one new version is announced once, never in a loop.
+    """
+    if data.md5 == trained_on or registry.data_version_seen(config.name, data.md5, besides=run_id):
+        return False
+    emit_event(
+        names.EVENT_DATASET_UPDATED,
+        resource=names.pipeline_resource(config.name),
+        payload={"md5": data.md5, "path": data.path, "size": data.size, "mlflow_run_id": run_id},
+    )
+    return True
 
 
 @_task(name="reference_data")
@@ -527,6 +547,7 @@ def _retrain(
     summary.data_version = data.md5
     data_path = str(path.relative_to(settings.home))
     registry.set_run_tags(run_id, {names.TAG_DATA_VERSION: data.md5, names.TAG_DATA_PATH: data_path})
+    announce(registry, config, data, run_id, None if champion is None else champion.tags.get(names.TAG_DATA_VERSION))
 
     with _stage(summary, "validate"):
         reference = reference_data(settings, config, champion)
