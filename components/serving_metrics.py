@@ -165,8 +165,8 @@ class RequestGuard:
 
 async def _reply(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
+    # No "Connection: close": closing on a client still sending resets the connection, and the
+    # client never reads the 413. The server discards the rest of the body as it arrives.
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    # The body was not read: ask the server to close the connection rather than parse the rest.
-    headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
