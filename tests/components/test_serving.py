@@ -376,3 +376,24 @@ def test_prediction_log_samples_off_the_request_path(predictor: Predictor, tmp_p
     with TestClient(app) as client:
         assert all(client.post("/predict", json={"rows": ROWS}).status_code == 200 for _ in range(3))
     assert broken.written == 0 and broken.dropped == 3 * len(ROWS)
+
+
+def test_openapi_follows_the_swapped_model(predictor: Predictor) -> None:
+    loader = SwitchableLoader(LoadedModel("1", predictor, {}))
+    app = create_app(loader, pipeline="toy", poll_seconds=0)
+    with TestClient(app) as client:
+        assert list(client.get("/openapi.json").json()["components"]["schemas"]["Row"]["properties"]) == [
+            "age",
+            "sex",
+            "employed",
+        ]
+        torch.manual_seed(0)
+        prep = TabularPreprocessor.fit(FRAME[["age", "sex"]], ["age", "sex"])
+        params = {"in_features": prep.width, "n_classes": 2, "hidden": [4]}
+        narrower = Predictor(build_model("mlp", **params), prep, ["No", "Yes"], "mlp", params)
+        loader.model = LoadedModel("2", narrower, {})
+        assert app.state.refresh() is True
+        assert list(client.get("/openapi.json").json()["components"]["schemas"]["Row"]["properties"]) == ["age", "sex"]
+        # The schema swapped with the model: a row with the old third column is now refused.
+        response = client.post("/predict", json={"rows": ROWS})
+        assert response.status_code == 422 and "unknown column 'employed'" in response.json()["detail"]
