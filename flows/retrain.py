@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
-from prefect.events import emit_event
+from prefect.events import DeploymentEventTrigger, emit_event
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -721,15 +721,39 @@ def _retrain(
         summary.notes.append(f"model card: {model_card(registry, run_id, card)}")
 
 
+def retrain_triggers(pipeline: str) -> list[DeploymentEventTrigger]:
+    """Start a retraining when a new data version appears or monitoring finds drift, for this pipeline only.
+
+    Both events name the pipeline as their resource (`names.pipeline_resource`), which is what
+    the trigger matches; the run takes the deployment's own parameters (the validated config).
+    """
+    return [
+        DeploymentEventTrigger(
+            name=f"{pipeline}-retrain-on-new-data-or-drift",
+            description=f"Retrain {pipeline} on {names.EVENT_DATASET_UPDATED} or {names.EVENT_DRIFT_DETECTED}.",
+            expect={names.EVENT_DATASET_UPDATED, names.EVENT_DRIFT_DETECTED},
+            match={"prefect.resource.id": names.pipeline_resource(pipeline)["prefect.resource.id"]},
+            posture="Reactive",
+            threshold=1,
+        )
+    ]
+
+
 def deployments(configs: list[PipelineConfig], *, cron: str, home: str) -> list:
-    """One scheduled `retrain` deployment per pipeline (`<pipeline>-nightly`)."""
+    """One `retrain` deployment per pipeline (`<pipeline>-nightly`): on the cron, and on its events.
+
+    One run at a time per pipeline (`concurrency_limit=1`, later runs wait): a run started by
+    an event while another is training then finds that run's model and skips in seconds.
+    """
     return [
         retrain.to_deployment(
             name=f"{config.name}-nightly",
             cron=cron,
             parameters={"config": config.model_dump(mode="json"), "home": home},
             tags=["deepgate", config.name],
-            description=f"Scheduled retraining of {config.name} through every gate.",
+            description=f"Scheduled and event-triggered retraining of {config.name} through every gate.",
+            triggers=retrain_triggers(config.name),
+            concurrency_limit=1,
         )
         for config in configs
     ]

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger, emit_event
 from prefect.events.clients import AssertingEventsClient
 from prefect.events.worker import EventsWorker
+from prefect.runner import Runner
+from trigger_probe import probe
 
 from components import names
-from components.config import PipelineConfig
+from components.config import PipelineConfig, load_pipeline
 from components.versioning import DataVersion
-from flows.retrain import announce
+from flows.retrain import announce, deployments, retrain_triggers
+
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 # Events need a Prefect API to go to: without one, the first event starts a temporary server.
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
@@ -67,3 +78,60 @@ def test_a_new_data_version_is_announced_once(events: EventsWorker) -> None:
     # Nor is the champion's own data version news.
     assert not announce.fn(registry, CONFIG, data, first, trained_on="abc123")
     assert len(_announced(events)) == 1
+
+
+def test_each_deployment_retrains_on_its_pipelines_events_only() -> None:
+    configs = [load_pipeline(name, params_path=PARAMS) for name in ("arrests", "mnist")]
+    planned = deployments(configs, cron="0 3 * * *", home="/srv/deepgate")
+
+    for deployment, name in zip(planned, ("arrests", "mnist"), strict=True):
+        [trigger] = deployment.triggers
+        assert isinstance(trigger, DeploymentEventTrigger)
+        assert trigger.expect == {"deepgate.dataset.updated", "deepgate.drift.detected"}
+        assert trigger.match.model_dump() == {"prefect.resource.id": f"deepgate.pipeline.{name}"}
+        assert trigger.posture == "Reactive" and trigger.threshold == 1
+        assert trigger.parameters is None  # the deployment's own: the pipeline's validated config
+        assert deployment.concurrency_limit == 1  # an event during a run waits for it
+
+
+async def _serve_and_emit(planned: dict[str, RunnerDeployment]) -> tuple[list, list]:
+    """Serve the deployments; emit drift for the first pipeline; its finished runs and the other's runs."""
+    pipelines = list(planned)
+    runner = Runner(query_seconds=1, pause_on_shutdown=False)
+    ids = {p: await runner.aadd_deployment(d) for p, d in planned.items()}
+    serving = asyncio.create_task(runner.start())
+    try:
+        emit_event(names.EVENT_DRIFT_DETECTED, resource=names.pipeline_resource(pipelines[0]))
+        async with get_client() as client:
+
+            async def runs(pipeline: str) -> list:
+                only = DeploymentFilter(id=DeploymentFilterId(any_=[ids[pipeline]]))
+                return await client.read_flow_runs(deployment_filter=only)
+
+            for _ in range(90):
+                done = [r for r in await runs(pipelines[0]) if r.state is not None and r.state.is_final()]
+                if done:
+                    break
+                await asyncio.sleep(1)
+            return done, await runs(pipelines[1])
+    finally:
+        await runner.astop()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+
+def test_the_event_starts_a_run_of_that_pipelines_deployment_which_completes() -> None:
+    """End to end on the session's Prefect server, whose triggers and actions services run."""
+    planned = {
+        p: probe.to_deployment(
+            name=f"{p}-probe", parameters={"pipeline": p}, triggers=retrain_triggers(p), concurrency_limit=1
+        )
+        for p in ("people", "others")
+    }
+    done, others = asyncio.run(_serve_and_emit(planned))
+
+    [run] = done
+    assert run.state.is_completed(), run.state
+    assert run.parameters == {"pipeline": "people"}
+    assert others == []  # another pipeline's deployment did not react
