@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from test_serving import ROWS, SwitchableLoader, image_predictor, tabular_predictor
 
 from components.serving import LoadedModel, create_app
-from tests.components.test_serving import ROWS, SwitchableLoader, image_predictor, tabular_predictor
 
 JSON = {"content-type": "application/json"}
 
