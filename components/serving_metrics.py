@@ -23,6 +23,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Latency buckets (seconds) from a health check (~1 ms) to a large batch on CPU (seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OTHER_ROUTE = "other"  # every unknown path shares one label: a scanner cannot blow up cardinality
+METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}  # others count as "other" too
 
 
 class ServiceMetrics:
@@ -133,7 +134,8 @@ class RequestGuard:
             await self._guarded(scope, receive, send_counted, answer)
         finally:
             route = scope["path"] if scope["path"] in self.routes else OTHER_ROUTE
-            self.metrics.observe(route, scope["method"], int(answer["status"]), time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in METHODS else OTHER_ROUTE
+            self.metrics.observe(route, method, int(answer["status"]), time.perf_counter() - start)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, answer: dict[str, Any]) -> None:
         limit = self.max_body_bytes
