@@ -717,12 +717,24 @@ def schedule(
             "(instead of serving them from this process). Run it where the flows' code lives, e.g. in the image.",
         ),
     ] = None,
+    monitor_cron: Annotated[
+        str,
+        typer.Option(
+            help="Cron of the drift monitor of each pipeline (default: hourly); drift starts retraining. "
+            "Empty: no monitor deployments."
+        ),
+    ] = "0 * * * *",
 ) -> None:
-    """Serve Prefect deployments that retrain each pipeline on a cron schedule (or register them on a work pool)."""
+    """Serve Prefect deployments that retrain each pipeline on a cron schedule (or register them on a work pool).
+
+    Each retraining deployment also starts on the events `deepgate.dataset.updated` and
+    `deepgate.drift.detected` that name its pipeline; the monitor deployments emit the latter.
+    """
     settings = load_settings()
     _prepare_environment(settings)
     from prefect import serve as prefect_serve
 
+    from flows.monitor import monitor_deployments
     from flows.retrain import deployments
 
     try:
@@ -734,6 +746,8 @@ def schedule(
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     planned = deployments(chosen, cron=cron, home=str(settings.home))
+    if monitor_cron:
+        planned += monitor_deployments(chosen, cron=monitor_cron, home=str(settings.home))
     if work_pool:
         # The runs start in this process's working directory on the worker's side (the image's
         # /app): no code is uploaded; the work pool's job template chooses the image.
@@ -741,12 +755,13 @@ def schedule(
             deployment.apply(work_pool_name=work_pool)
         console.print(
             f"registered {len(planned)} deployment(s) on work pool '{work_pool}', cron '{cron}': "
-            + ", ".join(f"retrain/{d.name}" for d in planned),
+            + ", ".join(f"{d.flow_name}/{d.name}" for d in planned),
             highlight=False,
         )
         return
     console.print(
-        f"serving {len(planned)} deployment(s) on cron '{cron}': " + ", ".join(f"retrain/{d.name}" for d in planned),
+        f"serving {len(planned)} deployment(s) on cron '{cron}': "
+        + ", ".join(f"{d.flow_name}/{d.name}" for d in planned),
         highlight=False,
     )
     prefect_serve(*planned)

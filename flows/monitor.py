@@ -116,3 +116,17 @@ def monitor(config: PipelineConfig, home: str | None = None, log_path: str | Non
         emit_drift(report, run_id)
     get_run_logger().info("%s: %s", config.name, report.headline())
     return report
+
+
+def monitor_deployments(configs: list[PipelineConfig], *, cron: str, home: str) -> list:
+    """One scheduled `monitor` deployment per pipeline (`<pipeline>-monitor`), served beside retraining."""
+    return [
+        monitor.to_deployment(
+            name=f"{config.name}-monitor",
+            cron=cron,
+            parameters={"config": config.model_dump(mode="json"), "home": home},
+            tags=["deepgate", config.name],
+            description=f"Drift of {config.name}'s logged production inputs and predictions; drift starts retraining.",
+        )
+        for config in configs
+    ]

@@ -43,9 +43,15 @@ def test_schedule_registers_the_deployments_on_a_work_pool(prefect_server, monke
     result = CliRunner().invoke(cli.app, ["schedule", "arrests", "--work-pool", "deepgate-test-process"])
 
     assert result.exit_code == 0, result.output
-    assert "registered 1 deployment(s) on work pool 'deepgate-test-process'" in result.output
+    assert "registered 2 deployment(s) on work pool 'deepgate-test-process'" in result.output
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("retrain/arrests-nightly")
+        monitoring = client.read_deployment_by_name("monitor/arrests-monitor")
+        # The retraining trigger is registered with it, as an automation the server evaluates.
+        [automation] = client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
+    assert automation.trigger.expect == {"deepgate.dataset.updated", "deepgate.drift.detected"}
+    assert monitoring.work_pool_name == "deepgate-test-process"
+    assert monitoring.entrypoint == "flows/monitor.py:monitor"
     assert deployment.work_pool_name == "deepgate-test-process"
     assert deployment.entrypoint == "flows/retrain.py:retrain"
     assert deployment.parameters["home"] == str(PARAMS.parent)

@@ -20,6 +20,7 @@ from trigger_probe import probe
 from components import names
 from components.config import PipelineConfig, load_pipeline
 from components.versioning import DataVersion
+from flows.monitor import monitor_deployments
 from flows.retrain import announce, deployments, retrain_triggers
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -92,6 +93,17 @@ def test_each_deployment_retrains_on_its_pipelines_events_only() -> None:
         assert trigger.posture == "Reactive" and trigger.threshold == 1
         assert trigger.parameters is None  # the deployment's own: the pipeline's validated config
         assert deployment.concurrency_limit == 1  # an event during a run waits for it
+
+
+def test_a_monitor_deployment_per_pipeline_carries_its_config() -> None:
+    configs = [load_pipeline(name, params_path=PARAMS) for name in ("arrests", "mnist")]
+    planned = monitor_deployments(configs, cron="0 * * * *", home="/srv/deepgate")
+
+    assert [d.name for d in planned] == ["arrests-monitor", "mnist-monitor"]
+    for deployment, config in zip(planned, configs, strict=True):
+        [schedule] = deployment.schedules
+        assert schedule.schedule.cron == "0 * * * *"
+        assert PipelineConfig.model_validate(deployment.parameters["config"]) == config
 
 
 async def _serve_and_emit(planned: dict[str, RunnerDeployment]) -> tuple[list, list]:
