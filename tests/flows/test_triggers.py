@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 from prefect import get_client
@@ -15,6 +16,7 @@ from prefect.events import DeploymentEventTrigger, emit_event
 from prefect.events.clients import AssertingEventsClient
 from prefect.events.worker import EventsWorker
 from prefect.runner import Runner
+from toronto import toronto_raw
 from trigger_probe import probe
 
 from components import names
@@ -147,3 +149,31 @@ def test_the_event_starts_a_run_of_that_pipelines_deployment_which_completes() -
     assert run.state.is_completed(), run.state
     assert run.parameters == {"pipeline": "people"}
     assert others == []  # another pipeline's deployment did not react
+
+
+async def _runs_created_by_automation(deployment_id: UUID, event: str, pipeline: str) -> list:
+    emit_event(event, resource=names.pipeline_resource(pipeline), payload={"md5": "abc123"})
+    only = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    async with get_client() as client:
+        try:
+            for _ in range(60):
+                runs = await client.read_flow_runs(deployment_filter=only)
+                triggered = [r for r in runs if r.created_by is not None and r.created_by.type == "AUTOMATION"]
+                if triggered:
+                    return triggered
+                await asyncio.sleep(1)
+            return []
+        finally:
+            await client.delete_deployment(deployment_id)  # never run: training is test_retrain's job
+
+
+def test_a_new_data_version_creates_a_run_of_the_real_retrain_deployment(tmp_path: Path) -> None:
+    """The `retrain` deployment itself, as `deepgate schedule` registers it: the event creates its run."""
+    config = PipelineConfig.model_validate(toronto_raw(name="toronto-triggered"))
+    [deployment] = deployments([config], cron="0 3 * * *", home=str(tmp_path))
+    deployment_id = deployment.apply()
+
+    [run] = asyncio.run(_runs_created_by_automation(deployment_id, names.EVENT_DATASET_UPDATED, config.name))
+
+    assert run.parameters["home"] == str(tmp_path)
+    assert PipelineConfig.model_validate(run.parameters["config"]) == config
