@@ -53,7 +53,8 @@ def _champion(workspace: Path) -> Registry:
     table.to_parquet(path, index=False)
     data = version_dataset(settings.home, path, settings.dvc_remote)
     registry = Registry(settings)
-    run_id = registry.start_run("people", "seed", {})
+    # The champion's training run recorded its data version, as a retrain run does.
+    run_id = registry.start_run("people", "seed", {names.TAG_DATA_VERSION: data.md5})
     model = names.registered_model_name("people")
     registry.client.create_registered_model(model)
     tags = {names.TAG_DATA_VERSION: data.md5, names.TAG_DATA_PATH: "data/people/dataset.parquet"}
@@ -111,6 +112,12 @@ def test_drifted_inputs_are_recorded_and_emit_the_retraining_event(workspace: Pa
     assert run.data.tags[names.TAG_RUN_KIND] == names.RUN_KIND_MONITOR
     assert run.data.tags["deepgate.monitor.verdict"] == "drifted"
     assert run.data.metrics["monitor.drifted_features"] == 1.0
+    # The retraining this event starts ingests the same data: recorded already, so not announced again.
+    champion = registry.alias_version("people", names.CHAMPION)
+    assert champion is not None
+    md5 = champion.tags[names.TAG_DATA_VERSION]
+    assert registry.data_version_seen("people", md5, besides="the-triggered-run")
+    assert not registry.data_version_seen("people", md5, besides=champion.run_id)
 
 
 def test_deepgate_monitor_without_a_champion_says_so_and_emits_nothing(
