@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 # "Initialized DVC repository" line would crash the flow. (One command per process, as in
 # real use, never meets this.)
 
-COMMANDS = ["run", "tune", "status", "promote", "rollback", "serve", "ui", "schedule", "train-worker"]
+COMMANDS = ["run", "tune", "status", "promote", "rollback", "serve", "ui", "schedule", "train-worker", "monitor"]
 
 
 @pytest.fixture(scope="module")
