@@ -43,6 +43,8 @@ TAG_TUNE_BASELINE = "deepgate.tune.baseline"  # "true" on the trial that replaye
 RUN_KIND_TUNE = "tune"
 RUN_KIND_TUNE_TRIAL = "tune_trial"
 RUN_KIND_MONITOR = "monitor"  # a `deepgate monitor` comparison of logged predictions with training data
+TAG_MONITOR_VERDICT = "deepgate.monitor.verdict"  # "stable" | "drifted" | "insufficient_data" | "no_reference"
+TAG_MONITOR_CHAMPION = "deepgate.monitor.champion"  # the champion version compared with
 
 # Prefect events that start retraining (each deployment's triggers match them by resource id).
 EVENT_DATASET_UPDATED = "deepgate.dataset.updated"  # ingest saw a data version not trained on yet
@@ -68,5 +70,6 @@ def pipeline_resource(pipeline: str) -> dict[str, str]:
 def registered_model_name(pipeline: str) -> str:
     """MLflow registered model of a pipeline."""
     return f"deepgate-{pipeline}"
+
 
 CONFIG_ARTIFACT = "config.json"  # the run's whole pipeline config, as validated

@@ -62,8 +62,8 @@ def record(registry: Registry, report: MonitorReport, flow_run_id: str) -> str:
             names.TAG_PIPELINE: report.pipeline,
             names.TAG_RUN_KIND: names.RUN_KIND_MONITOR,
             names.TAG_FLOW_RUN_ID: flow_run_id,
-            "deepgate.monitor.verdict": report.verdict,
-            **({"deepgate.monitor.champion": report.champion} if report.champion else {}),
+            names.TAG_MONITOR_VERDICT: report.verdict,
+            **({names.TAG_MONITOR_CHAMPION: report.champion} if report.champion else {}),
         },
     )
     registry.log_dict(run_id, report.to_dict(), "monitor/report.json")

@@ -110,7 +110,7 @@ def test_drifted_inputs_are_recorded_and_emit_the_retraining_event(workspace: Pa
     # The report is on an MLflow run of kind monitor, which the event points at.
     run = registry.client.get_run(event.payload["mlflow_run_id"])
     assert run.data.tags[names.TAG_RUN_KIND] == names.RUN_KIND_MONITOR
-    assert run.data.tags["deepgate.monitor.verdict"] == "drifted"
+    assert run.data.tags[names.TAG_MONITOR_VERDICT] == "drifted"
     assert run.data.metrics["monitor.drifted_features"] == 1.0
     # The retraining this event starts ingests the same data: recorded already, so not announced again.
     champion = registry.alias_version("people", names.CHAMPION)
