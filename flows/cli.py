@@ -769,7 +769,8 @@ def schedule(
 
 @app.command()
 def monitor(
-    pipeline: Annotated[str, typer.Argument(help="The pipeline whose served model to check.")],
+    pipeline: Annotated[str | None, typer.Argument(help="The bundled pipeline whose served model to check.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A pipeline YAML file instead.")] = None,
     prediction_log: Annotated[
         Path | None,
         typer.Option(
@@ -786,7 +787,7 @@ def monitor(
     """
     settings = load_settings()
     try:
-        config = load_pipeline(pipeline, params_path=settings.params_path)
+        [chosen] = _configs([pipeline] if pipeline else [], config, [], settings)
     except ConfigError as error:
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
@@ -794,19 +795,21 @@ def monitor(
     from flows.monitor import monitor as monitor_flow
 
     state = monitor_flow(
-        config,
+        chosen,
         home=str(settings.home),
         log_path=None if prediction_log is None else str(prediction_log),
         return_state=True,
     )
     if not state.is_completed():
-        err.print(f"[red]error in pipeline {pipeline}:[/red] {state.result(raise_on_failure=False)}", highlight=False)
+        err.print(
+            f"[red]error in pipeline {chosen.name}:[/red] {state.result(raise_on_failure=False)}", highlight=False
+        )
         raise typer.Exit(EXIT_ERROR)
     report = state.result()
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        console.print(f"{pipeline}: {report.verdict}: {report.headline()}", highlight=False)
+        console.print(f"{chosen.name}: {report.verdict}: {report.headline()}", highlight=False)
     raise typer.Exit(EXIT_DRIFT if report.drifted else EXIT_OK)
 
 

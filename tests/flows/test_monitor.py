@@ -131,3 +131,10 @@ def test_deepgate_monitor_without_a_champion_says_so_and_emits_nothing(
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["verdict"] == "no_reference"
     assert _drift_events(events) == []
+
+
+def test_deepgate_monitor_needs_a_pipeline_or_a_config_file(workspace: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["monitor"])
+
+    assert result.exit_code == 1
+    assert "name a pipeline" in result.output
