@@ -25,6 +25,7 @@ checkpoint of another fit from being resumed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -542,7 +543,9 @@ class _Fit:
         if self.fabric.world_size == 1:
             return state.loss_sum / state.rows
         sums = torch.tensor([state.loss_sum, float(state.rows)], dtype=torch.float64, device=self.fabric.device)
-        total, rows = self.fabric.all_reduce(sums, reduce_op="sum").tolist()
+        reduced = self.fabric.all_reduce(sums, reduce_op="sum")
+        assert isinstance(reduced, torch.Tensor)
+        total, rows = reduced.tolist()
         return total / rows
 
     def _early_stopping(self, val_loss: float) -> None:
@@ -831,7 +834,8 @@ def _remote_worker(fabric: Fabric) -> None:
     """This machine's processes of a fit that the flow's machine (node 0) leads."""
     # The process group is ours alone (MASTER_ADDR/MASTER_PORT of our own node 0); what comes
     # through it is as trusted as the gradients that will.
-    payload = fabric.broadcast(None, src=0)
+    nothing: Any = None  # what this process sends: the first process's payload comes back
+    payload: dict[str, Any] = fabric.broadcast(nothing, src=0)
     cfg = TrainConfig(**payload["cfg"])
     with tempfile.TemporaryDirectory(prefix="deepgate-resume-") as folder:
         checkpoint_dir = None
@@ -928,7 +932,18 @@ def _fit_distributed(
     listener = threading.Thread(target=relay, name="deepgate-ddp-records", daemon=True)
     listener.start()
     try:
-        outcome = fabric.launch(_ddp_worker, net, train, val, cfg, progress, checkpoint_dir, fingerprint, records)
+        worker = functools.partial(
+            _ddp_worker,
+            net=net,
+            train=train,
+            val=val,
+            cfg=cfg,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            fingerprint=fingerprint,
+            records=records,
+        )
+        outcome = fabric.launch(worker)
     finally:
         records.put(None)  # queued after every record of the first worker: it has returned
         listener.join()

@@ -352,7 +352,6 @@ def status(
     settings = load_settings()
     _prepare_environment(settings)
     from components.registry import Registry
-
     from components.release import champion_history
 
     registry = Registry(settings)
