@@ -470,7 +470,7 @@ class EpochLoggedModule(ClassifierModule):
 
 
 VARIANTS: dict[str, Fitter] = {
-    "plain loop + grad-norm guard, clip_grad_norm_(inf) as train_model": partial(plain_fit, grad_norm="clip"),
+    "plain loop + grad-norm guard, clip_grad_norm_(inf) (train_model before)": partial(plain_fit, grad_norm="clip"),
     "plain loop + grad-norm guard, get_total_norm only": partial(plain_fit, grad_norm="measure"),
     "Trainer.fit as train_model had it": trainer_fit,
     "  inference_mode=False": partial(trainer_fit, inference_mode=False),
