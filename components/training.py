@@ -9,8 +9,8 @@ Why a loop of our own on Lightning Fabric instead of ``Trainer.fit``: a fit kill
 must continue bit-exactly, which needs this epoch's shuffling order, the batches already done,
 the partial epoch loss and every counter. ``Trainer.fit(ckpt_path=...)`` restarts the
 interrupted epoch, and its loop counters are internals, not an API. Fabric keeps what Lightning
-is here for (the accelerator now; DDP and mixed precision later) while the loop stays short and
-in view. Batches are cut from the in-memory tensors by index rather than by a DataLoader, which
+is here for (the accelerator, DDP over processes and machines, bf16 mixed precision) while the
+loop stays short and in view. Batches are cut from the in-memory tensors by index rather than by a DataLoader, which
 is faster and draws no hidden random numbers (an iterated DataLoader seeds itself from torch's
 global generator, which would shift dropout after a resume).
 
