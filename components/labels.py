@@ -24,8 +24,8 @@ from components.gates import Check, GateReport, threshold_check
 from components.split import SplitIndices
 
 
-def _input_keys(dataset: Dataset, data: DataConfig) -> pd.Series:
-    """One hash per row of the model's input: equal inputs give equal keys."""
+def input_keys(dataset: Dataset, data: DataConfig) -> pd.Series:
+    """One hash per row of the model's input: equal inputs give equal keys (also across datasets)."""
     if dataset.images is not None:
         keys = [hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() for image in dataset.images]
         return pd.Series(keys, index=dataset.table.index)
@@ -45,7 +45,7 @@ def conflict_fraction(dataset: Dataset, data: DataConfig) -> float:
     labelled = dataset.labels.notna().to_numpy()
     if not labelled.any():
         return 0.0
-    keys = _input_keys(dataset, data)[labelled]
+    keys = input_keys(dataset, data)[labelled]
     labels = dataset.labels[labelled]
     labels_per_input = labels.groupby(keys.to_numpy()).transform("nunique")
     return float((labels_per_input > 1).mean())
@@ -225,7 +225,7 @@ def leakage_fraction(dataset: Dataset, data: DataConfig, split: SplitIndices) ->
     """
     if len(split.test) == 0:
         return 0.0
-    keys = _input_keys(dataset, data).to_numpy()
+    keys = input_keys(dataset, data).to_numpy()
     return float(np.isin(keys[split.test], keys[split.train]).mean())
 
 

@@ -411,8 +411,8 @@ def score_on_champion_split(
     from components.split import split_dataset
 
     champion_test = split_dataset(reference, config.data, config.split).test
-    trained = set(_row_keys(dataset, indices.train, config.data))
-    keep = [key not in trained for key in _row_keys(reference, champion_test, config.data)]
+    trained = set(_example_keys(dataset, indices.train, config.data))
+    keep = [key not in trained for key in _example_keys(reference, champion_test, config.data)]
     champion_test = champion_test[np.asarray(keep, dtype=bool)]
     if len(champion_test) == 0:
         return None
@@ -432,16 +432,10 @@ def score_on_champion_split(
     )
 
 
-def _row_keys(dataset: Dataset, rows: np.ndarray, data: DataConfig) -> list[str]:
-    """One key per example from its inputs and label, equal for equal examples across datasets."""
-    import hashlib
+def _example_keys(dataset: Dataset, rows: np.ndarray, data: DataConfig) -> list[str]:
+    """One key per example at `rows`: its input's hash and its label."""
+    from components.labels import input_keys
 
-    import pandas as pd
-
-    labels = [str(v) for v in dataset.labels.iloc[rows]]
-    if dataset.images is not None:
-        digests = [hashlib.sha256(dataset.images[r].tobytes()).hexdigest() for r in rows]
-        return [f"{d}:{label}" for d, label in zip(digests, labels, strict=True)]
-    columns = feature_columns(data, dataset.table)
-    hashed = pd.util.hash_pandas_object(dataset.table.iloc[rows][columns].astype(str), index=False)
-    return [f"{h}:{label}" for h, label in zip(hashed, labels, strict=True)]
+    inputs = input_keys(dataset, data).to_numpy()[rows]
+    labels = dataset.labels.iloc[rows].astype(str).to_numpy()
+    return [f"{key}:{label}" for key, label in zip(inputs, labels, strict=True)]

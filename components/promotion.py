@@ -199,7 +199,9 @@ def _slice_checks(comparison: ComparisonReport, tolerance: float | None) -> list
     return checks + _too_small_checks(comparison)
 
 
-def evaluation_gate(comparison: ComparisonReport, gate: EvaluationGate) -> GateReport:
+def evaluation_gate(
+    comparison: ComparisonReport, gate: EvaluationGate, champion_error: str | None = None
+) -> GateReport:
     """The evaluation gate on a full comparison: overall, per slice, and the paired test.
 
     Args:
@@ -207,6 +209,8 @@ def evaluation_gate(comparison: ComparisonReport, gate: EvaluationGate) -> GateR
         gate: Floors, tolerances and the paired test's level; an empty floor fails closed, and
             so does an empty tolerance when there is a champion (and, for `max_slice_regression`,
             a slice group large enough to judge).
+        champion_error: Why the champion could not be scored, if so: a failed
+            `champion_comparable` check (fail closed rather than judge as if there were none).
 
     Returns:
         A :class:`GateReport` with gate `evaluation`: the checks of
@@ -215,6 +219,8 @@ def evaluation_gate(comparison: ComparisonReport, gate: EvaluationGate) -> GateR
         and one warning per slice family with groups too small to judge.
     """
     report = evaluation_gate_report(comparison.challenger, comparison.champion, gate)
+    if champion_error:
+        report.checks.append(Check("champion_comparable", False, champion_error))
     if comparison.champion is None or comparison.paired is None:
         return report
     report.checks.append(_paired_check(comparison.paired, gate.paired_test_alpha))

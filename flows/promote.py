@@ -17,7 +17,6 @@ from prefect import flow
 from components import modeling, names
 from components.bias import audit_bias
 from components.config import PipelineConfig
-from components.gates import Check
 from components.promotion import decide_promotion, evaluation_gate
 from components.registry import Registry, VersionInfo
 from components.release import ChampionChange, Release, rollback_champion
@@ -99,9 +98,7 @@ def promote_version(
             f"models:/{names.registered_model_name(pipeline)}/{champion.version}"
         )
     scoring = modeling.score_against(candidate, champion_model, dataset, indices.test, config)
-    eval_gate = evaluation_gate(scoring.comparison, config.gates.evaluation)
-    if scoring.champion_error:
-        eval_gate.checks.append(Check("champion_comparable", False, scoring.champion_error))
+    eval_gate = evaluation_gate(scoring.comparison, config.gates.evaluation, scoring.champion_error)
     bias = audit_bias(**modeling.bias_inputs(candidate, scoring, dataset, indices, config))
     with registry.package(pipeline, info.version) as package:
         serving = modeling.check_serving(

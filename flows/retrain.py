@@ -634,9 +634,7 @@ def _retrain(
         comparison = scoring.comparison
         report_eval, champion_eval = comparison.challenger, comparison.champion
         plots = log_evaluation(registry, run_id, scoring, modeling.positive_index(candidate.predictor))
-        eval_gate = evaluation_gate(comparison, config.gates.evaluation)
-        if scoring.champion_error:
-            eval_gate.checks.append(Check("champion_comparable", False, scoring.champion_error))
+        eval_gate = evaluation_gate(comparison, config.gates.evaluation, scoring.champion_error)
         _gate(registry, run_id, summary, eval_gate)
     summary.metrics = {k: v for k, v in report_eval.metrics().items() if v is not None}
     with _stage(summary, "audit_bias"):
