@@ -11,32 +11,23 @@ import threading
 import time
 from pathlib import Path
 
-import dvc  # noqa: F401  (see below)
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from rich.console import Console
 from sklego.datasets import load_arrests
 from toronto import ANY_CHANGE, toronto_raw
-from typer.testing import CliRunner
 
 from components import names
 from components.predictor import Predictor
 from components.registry import Registry
 from components.serving import create_app
 from components.settings import load_settings
-from flows import cli
-from flows.cli import app, champion_loader
+from flows.cli import champion_loader
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 
-# `import dvc` binds DVC's log handlers to the sys.stdout of that moment, and they raise on a
-# closed stream. Imported here, they get pytest's stream; first imported inside a CliRunner
-# call, they would keep that call's stream, closed once it returns, and the next workspace's
-# "Initialized DVC repository" line would crash the flow. (One command per process, as in
-# real use, never meets this.)
 
 COMMANDS = ["run", "tune", "status", "promote", "rollback", "serve", "ui", "schedule", "train-worker", "monitor"]
 
@@ -44,28 +35,6 @@ COMMANDS = ["run", "tune", "status", "promote", "rollback", "serve", "ui", "sche
 @pytest.fixture(scope="module")
 def arrests() -> pd.DataFrame:
     return load_arrests(as_frame=True).iloc[:700].reset_index(drop=True)
-
-
-@pytest.fixture
-def deepgate(monkeypatch: pytest.MonkeyPatch):
-    """Invoke the CLI in-process; returns (exit code, everything it printed)."""
-    # The CLI fills this with os.environ.setdefault: set it here so that it is undone.
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    # Never the developer's own Prefect server on :4200: the CLI would send these test runs
-    # there and leave PREFECT_API_URL set for the rest of the session.
-    monkeypatch.setattr(cli, "_answers", lambda url: False)
-    # A wide console, so that the tables' cells are never folded or cut short.
-    monkeypatch.setattr(cli, "console", Console(width=250))
-    monkeypatch.setattr(cli, "err", Console(width=250, stderr=True))
-    runner = CliRunner()
-
-    def invoke(*args: str) -> tuple[int, str]:
-        result = runner.invoke(app, list(args))
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result.exit_code, result.output
-
-    return invoke
 
 
 def write_pipeline(workspace: Path, frame: pd.DataFrame, **changes: object) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,15 +77,6 @@ def _log(workspace: Path, rows: pd.DataFrame, yes: float) -> None:
     )
     connection.commit()
     connection.close()
-
-
-@pytest.fixture
-def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsWorker]:
-    """Events go to a recording client instead of the server (Prefect's asserting_events_worker)."""
-    worker = EventsWorker.instance(AssertingEventsClient)
-    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
-    yield worker
-    worker.drain()
 
 
 def _drift_events(worker: EventsWorker) -> list:

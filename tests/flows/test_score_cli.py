@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_cli import arrests, deepgate, write_pipeline  # noqa: F401  (fixtures)
+from test_cli import arrests, write_pipeline  # noqa: F401  (a fixture)
 
 from components.registry import Registry
 from components.settings import load_settings
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 def test_score_writes_the_champions_predictions_and_refuses_bad_input(
     workspace: Path,
     arrests: pd.DataFrame,  # noqa: F811
-    deepgate,  # noqa: F811
+    deepgate,
 ) -> None:
     code, output = deepgate("score", "toronto", "rows.csv", "out.parquet")
     assert code == 1 and "input file not found" in output, output

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
@@ -33,15 +32,6 @@ pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 CONFIG = PipelineConfig.model_validate(
     {"name": "people", "data": {"source": "csv:people.csv", "target": "label"}, "train": {"arch": "mlp"}}
 )
-
-
-@pytest.fixture
-def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsWorker]:
-    """Events go to a recording client instead of the server (Prefect's asserting_events_worker)."""
-    worker = EventsWorker.instance(AssertingEventsClient)
-    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
-    yield worker
-    worker.drain()
 
 
 def _announced(worker: EventsWorker) -> list:

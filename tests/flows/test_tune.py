@@ -10,21 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import dvc  # noqa: F401  (bound to pytest's stdout before any CliRunner call: see test_cli.py)
 import optuna
 import pytest
 import yaml
-from rich.console import Console
 from sklego.datasets import load_arrests
 from toronto import toronto_raw
-from typer.testing import CliRunner
 
 from components import names, tuning
 from components.config import load_pipeline, read_overrides
 from components.registry import Registry
 from components.settings import load_settings
-from flows import cli
-from flows.cli import app
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 
@@ -39,24 +34,6 @@ class PruneTrial(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         return trial.number == self.number and len(trial.intermediate_values) >= 1
-
-
-@pytest.fixture
-def deepgate(monkeypatch: pytest.MonkeyPatch):
-    """Invoke the CLI in-process; returns (exit code, everything it printed)."""
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    monkeypatch.setattr(cli, "_answers", lambda url: False)  # never the developer's own Prefect server
-    monkeypatch.setattr(cli, "console", Console(width=250))
-    monkeypatch.setattr(cli, "err", Console(width=250, stderr=True))
-    runner = CliRunner()
-
-    def invoke(*args: str) -> tuple[int, str]:
-        result = runner.invoke(app, list(args))
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result.exit_code, result.output
-
-    return invoke
 
 
 @pytest.fixture
