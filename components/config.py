@@ -135,6 +135,19 @@ class ScheduleConfig(_Strict):
     warmup_epochs: int = Field(0, ge=0)
 
 
+class AugmentConfig(_Strict):
+    """Random augmentation of each training batch of images (cnn only).
+
+    Every training image gets its own random affine transform, drawn uniformly within these
+    bounds; validation, test and served images are never augmented. Pixels moved in from
+    outside the image repeat its border (the background, for digits).
+    """
+
+    shift: float = Field(0.0, ge=0, lt=0.5, description="Largest translation, a fraction of the image's size.")
+    rotate: float = Field(0.0, ge=0, le=180, description="Largest rotation, in degrees either way.")
+    scale: float = Field(0.0, ge=0, lt=1, description="Largest zoom change: a factor within 1 +/- scale.")
+
+
 class TrainConfig(_Strict):
     """How the network is built and fitted."""
 
@@ -172,6 +185,9 @@ class TrainConfig(_Strict):
     )
     limit_train_batches: int | float | None = Field(
         None, description="Clamp batches per epoch (tests and smoke runs only)."
+    )
+    augment: AugmentConfig | None = Field(
+        None, description="cnn: random shifts, rotations and zooms of the training images (None: none)."
     )
     init: Literal["scratch", "transfer", "warm_start"] = Field(
         "scratch",
@@ -598,6 +614,8 @@ class PipelineConfig(_Strict):
             raise ValueError("train.arch: image data needs arch 'cnn'")
         if self.data.modality == "tabular" and self.train.arch != "mlp":
             raise ValueError("train.arch: tabular data needs arch 'mlp'")
+        if self.train.augment is not None and self.train.arch != "cnn":
+            raise ValueError("train.augment: augmentation is for images (arch 'cnn') only")
         if self.split.val_fraction + self.split.test_fraction >= 0.8:
             raise ValueError("split: val_fraction + test_fraction leaves too little to train on")
         if self.tune.space is not None:

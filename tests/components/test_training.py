@@ -12,13 +12,15 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from components.config import ScheduleConfig, TrainConfig
+from components.config import AugmentConfig, PipelineConfig, ScheduleConfig, TrainConfig
 from components.models import build_model
 from components.schedules import lr_factor
 from components.training import (
     ClassifierModule,
     TrainingDiverged,
+    _bf16_forward,
     _clip_gradients,
+    augment_images,
     balanced_class_weights,
     predict_proba,
     train_model,
@@ -252,3 +254,101 @@ def test_classifier_module_still_fits_with_the_lightning_trainer() -> None:
     )
     trainer.fit(module, train_loader, val_loader)
     assert float(trainer.callback_metrics["val_accuracy"]) >= 0.9
+
+
+def _square(size: int = 12) -> torch.Tensor:
+    """One image: background 0 with a bright 4x4 square in the middle."""
+    image = torch.zeros(1, 1, size, size)
+    image[..., 4:8, 4:8] = 1.0
+    return image
+
+
+def test_augmentation_within_zero_bounds_leaves_images_as_they_are() -> None:
+    images = torch.rand(5, 1, 12, 12)
+    out = augment_images(images, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert torch.allclose(out, images, atol=1e-6)
+
+
+def test_a_shift_moves_the_square_by_whole_pixels_within_the_bound() -> None:
+    # A shift of a quarter of 12 pixels: up to 3 pixels either way, drawn per image.
+    images = _square().repeat(64, 1, 1, 1)
+    out = augment_images(images, AugmentConfig(shift=0.25), torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    # The square's brightness is moved, not lost or made (it never reaches the border).
+    assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.full((64,), 16.0), atol=1e-4)
+    rows = torch.arange(12.0).view(1, 12, 1)
+    centre_y = (out[:, 0] * rows).sum(dim=(1, 2)) / 16
+    offsets = centre_y - 5.5  # the square's centre sits at 5.5 before the shift
+    assert offsets.abs().max() <= 3 + 1e-4
+    assert offsets.abs().max() > 2  # the draws cover the range, not just small moves
+    assert len({round(float(o), 3) for o in offsets}) > 30  # each image its own shift
+
+
+def test_a_rotation_bound_of_90_degrees_turns_a_bar_upright_for_some_images() -> None:
+    bar = torch.zeros(1, 1, 12, 12)
+    bar[..., 5:7, 1:11] = 1.0  # horizontal
+    out = augment_images(bar.repeat(32, 1, 1, 1), AugmentConfig(rotate=90), torch.Generator().manual_seed(1))
+    vertical = out[:, 0, 1:11, 5:7].sum(dim=(1, 2)) / out[:, 0].sum(dim=(1, 2))
+    assert vertical.max() > 0.8  # some turned near 90 degrees
+    assert vertical.min() < 0.4  # some barely turned
+
+
+def test_augmentation_is_drawn_from_the_generator_alone() -> None:
+    images = torch.rand(8, 1, 12, 12)
+    cfg = AugmentConfig(shift=0.1, rotate=15, scale=0.1)
+    first = augment_images(images, cfg, torch.Generator().manual_seed(3))
+    again = augment_images(images, cfg, torch.Generator().manual_seed(3))
+    other = augment_images(images, cfg, torch.Generator().manual_seed(4))
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_an_augmented_fit_is_reproducible_and_differs_from_the_plain_one() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 0.3, size=(64, 1, 8, 8)).astype(np.float32)
+    labels = np.arange(64) % 2
+    images[labels == 0, :, :4, :] += 0.7
+    images[labels == 1, :, 4:, :] += 0.7
+
+    def fit(augment: dict[str, float] | None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        net = build_model("cnn", in_channels=1, height=8, width=8, n_classes=2, channels=[4], dropout=0.0)
+        cfg = TrainConfig(arch="cnn", lr=0.01, batch_size=16, max_epochs=2, accelerator="cpu", augment=augment)
+        return train_model(net, (images[:48], labels[:48]), (images[48:], labels[48:]), cfg).model.state_dict()
+
+    augmented, again, plain = fit({"shift": 0.2}), fit({"shift": 0.2}), fit(None)
+    assert all(torch.equal(augmented[k], again[k]) for k in augmented)
+    assert not all(torch.equal(augmented[k], plain[k]) for k in augmented)
+
+
+def test_augmentation_of_tabular_data_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"train\.augment"):
+        PipelineConfig.model_validate(
+            {
+                "name": "people",
+                "data": {"source": "csv:people.csv", "target": "label"},
+                "train": {"arch": "mlp", "augment": {"shift": 0.1}},
+            }
+        )
+
+
+def test_the_bf16_forward_matches_fabrics_bf16_module() -> None:
+    from lightning.fabric import Fabric
+
+    torch.manual_seed(0)
+    net = build_model("cnn", in_channels=1, height=8, width=8, n_classes=3, channels=[4, 8], dropout=0.0)
+    inputs = torch.randn(16, 1, 8, 8)
+    fabric = Fabric(accelerator="cpu", devices=1, precision="bf16-mixed")
+    wrapped = fabric.setup_module(net)
+    expected = wrapped(inputs)
+    got = _bf16_forward(net, "cpu", inputs)
+    assert got.dtype == expected.dtype == torch.float32
+    assert torch.equal(got, expected)
+
+
+def test_a_bf16_fit_on_cpu_learns_and_says_so() -> None:
+    train, val = separable()
+    result = train_model(mlp(), train, val, mlp_config(precision="bf16-mixed"))
+    assert result.precision == "bf16-mixed"
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.history[-1]["val_accuracy"] >= 0.9
