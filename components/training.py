@@ -442,15 +442,31 @@ def _clip_gradients(params: list[nn.Parameter], clip: float | None) -> float:
     (``clip_grad_norm_`` with an infinite bound) cost a quarter of a small MLP's step.
     No precision in use scales the loss (bf16 needs no scaler), so the gradients are read as is.
     """
+    return float(_gradient_norm(params, clip))
+
+
+def _gradient_norm(params: list[nn.Parameter], clip: float | None) -> torch.Tensor:
+    # :func:`_clip_gradients` without reading the norm back: a 0-d tensor on the gradients' device.
     grads = [param.grad for param in params if param.grad is not None]
     if not grads:
-        return 0.0
+        return torch.zeros(())
     if clip is None:
         # Every tensor's norm in one fused call, then their 2-norm: what `get_total_norm`
         # computes, without its compiler guards, on a step of a fraction of a millisecond.
         with torch.no_grad():
-            return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
-    return float(torch.nn.utils.clip_grad_norm_(params, clip, error_if_nonfinite=False))
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return torch.nn.utils.clip_grad_norm_(params, clip, error_if_nonfinite=False)
+
+
+def _defers_guard(device: torch.device) -> bool:
+    """Whether the gradient-norm guard is read once per epoch rather than at every step.
+
+    On a GPU, reading the norm back every step stalls the queue of kernels (the step's loss is
+    read anyway, for the epoch's loss); the norm then waits on the device and is read at the
+    epoch's end and before each checkpoint, so that no checkpoint holds weights past a blow-up.
+    The fit still stops with the step that tripped it. On CPU the read costs nothing.
+    """
+    return device.type != "cpu"
 
 
 class _Fit:
@@ -491,6 +507,11 @@ class _Fit:
         self._backward = (lambda loss: loss.backward()) if plain else fabric.backward
         self._step = config["optimizer"].step if plain else self.optimizer.step
         self.augment = cfg.augment if cfg.augment is not None and _augments(cfg.augment) else None
+        # One process only: under DDP a process whose loss is NaN stops at once, and the others
+        # must see it in the (shared) gradient norm at the same step, or they wait forever.
+        self.defer_guard = fabric.world_size == 1 and _defers_guard(fabric.device)
+        # The deferred guard's record: the first step over the bound (-1: none yet) and its norm.
+        self.tripped = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=fabric.device)
         self.rank = fabric.global_rank
         self.loss = module.loss
         self.order = _EpochOrder(
@@ -563,11 +584,25 @@ class _Fit:
                 self._checkpoint()
 
     def _guard_and_clip(self, where: str) -> None:
-        norm = _clip_gradients(self.params, self.cfg.gradient_clip_val)
-        if not norm <= self.cfg.max_grad_norm:  # also catches NaN
+        if self.defer_guard:
+            norm = _gradient_norm(self.params, self.cfg.gradient_clip_val).to(self.tripped)
+            first = ~(norm <= self.cfg.max_grad_norm) & (self.tripped[0] < 0)  # `~(<=)`: NaN too
+            step = torch.full_like(norm, self.state.step + 1)
+            self.tripped.copy_(torch.where(first, torch.stack([step, norm]), self.tripped))
+            return
+        value = _clip_gradients(self.params, self.cfg.gradient_clip_val)
+        if not value <= self.cfg.max_grad_norm:  # also catches NaN
+            raise TrainingDiverged(f"gradient norm {value:.2g} above {self.cfg.max_grad_norm:.2g} {where}")
+
+    def _check_deferred_guard(self) -> None:
+        step, norm = self.tripped.tolist()
+        if step >= 0:
+            # Read at the end of the epoch or before a checkpoint: the step is in this epoch.
+            where = f"at epoch {self.state.epoch}, step {int(step)}"
             raise TrainingDiverged(f"gradient norm {norm:.2g} above {self.cfg.max_grad_norm:.2g} {where}")
 
     def _end_epoch(self) -> None:
+        self._check_deferred_guard()
         state = self.state
         lr = float(self.scheduler.get_last_lr()[0])  # the rate this epoch trained with
         self.scheduler.step()
@@ -652,6 +687,7 @@ class _Fit:
         return position
 
     def _checkpoint(self) -> None:
+        self._check_deferred_guard()
         # Under DDP the weights and optimizer state are the same in every process: one writes.
         if self.path is None or not self.lead:
             return

@@ -201,6 +201,30 @@ def test_the_highest_lr_on_unscaled_features_trips_the_gradient_norm_guard() -> 
         train_model(mlp(), raw_train, raw_val, mlp_config(lr=10))
 
 
+def test_the_guard_read_once_an_epoch_stops_at_the_same_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a GPU the norm is read at the epoch's end (no stall each step): the same step and norm.
+    from components import training
+
+    monkeypatch.setattr(training, "_defers_guard", lambda device: True)
+    train, val = separable()
+    raw_train, raw_val = (train[0] * 1000, train[1]), (val[0] * 1000, val[1])
+    with pytest.raises(TrainingDiverged, match=r"^gradient norm \d\.\de\+04 above 1e\+04 at epoch 0, step 2$"):
+        train_model(mlp(), raw_train, raw_val, mlp_config(lr=10))
+
+
+def test_the_deferred_guard_checks_before_a_checkpoint_is_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from components import training
+
+    monkeypatch.setattr(training, "_defers_guard", lambda device: True)
+    train, val = separable()
+    raw_train, raw_val = (train[0] * 1000, train[1]), (val[0] * 1000, val[1])
+    with pytest.raises(TrainingDiverged, match=r"at epoch 0, step 2$"):
+        train_model(mlp(), raw_train, raw_val, mlp_config(lr=10, checkpoint_every_n_steps=3), checkpoint_dir=tmp_path)
+    assert training.checkpoint_position(tmp_path) is None  # no weights past the blow-up saved
+
+
 def test_the_guard_sees_the_gradient_norm_before_clipping() -> None:
     train, val = separable()
     # Clipped, the norm would be 0.001, under the threshold; the guard still stops the fit.
