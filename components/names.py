@@ -42,10 +42,9 @@ TAG_CRASH = "deepgate.crash"  # on a run found dead: what found it, when, and wh
 TAG_RESUMED_FROM_RUN = "deepgate.resumed_from"  # the failed MLflow run this run resumed
 TAG_REUSED = "deepgate.reused"  # stages whose results came from that run, e.g. "validate,train"
 TAG_TRAINED_IN = "deepgate.train.run"  # the MLflow run whose fit produced the weights
-TAG_RELEASE_STATE = "deepgate.release.state"  # version tag: "open" | "done" | "rolled_back"
-TAG_RELEASE_STEP = "deepgate.release.step"  # version tag: the release step last started
-TAG_RELEASE_UNDO = "deepgate.release.undo"  # version tag: JSON [[alias, previous or null], ...]
-TAG_RELEASE_PROCESS = "deepgate.release.process"  # version tag: the releasing process, as TAG_PROCESS
+# Version tag, JSON: {"state": "open" | "done" | "rolled_back", "step": the step last started,
+# "undo": [[alias, previous version or null], ...], "process": the releasing process, as TAG_PROCESS}.
+TAG_RELEASE = "deepgate.release"
 TRAINED_PACKAGE = "train/package"  # run artifact: the fitted model package (safetensors + spec.json)
 TRAIN_RESULT = "train/result.json"  # run artifact: how that fit went (history, epochs, device)
 OUTCOME_CRASHED = "crashed"

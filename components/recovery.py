@@ -23,7 +23,7 @@ import psutil
 
 from components import names
 from components.registry import Registry
-from components.release import recover_release
+from components.release import recover_release, release_log
 
 ProcessState = Literal["alive", "gone", "elsewhere"]
 
@@ -123,8 +123,9 @@ def sweep_crashed_runs(registry: Registry, pipeline: str, by: str) -> SweepRepor
     report = SweepReport()
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     for info in registry.versions(pipeline):
-        process = ProcessRef.parse(info.tags.get(names.TAG_RELEASE_PROCESS))
-        if info.tags.get(names.TAG_RELEASE_STATE) != "open" or process is None:
+        log = release_log(info)
+        process = None if log is None or log.get("state") != "open" else ProcessRef.parse(log.get("process"))
+        if process is None:
             continue
         if process.state() == "gone":
             why = f"its process {process.to_tag()} died; cleaned up by {by} at {when}"

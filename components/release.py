@@ -183,20 +183,14 @@ class Release:
 
     def _persist(self, state: str) -> None:
         """Write the undo log, the step and this process to the version's tags (what crash cleanup reads)."""
-        from components.recovery import this_process
-
         if self.version is None:
             return
-        self.registry.set_version_tags(
-            self.pipeline,
-            self.version,
-            {
-                names.TAG_RELEASE_STATE: state,
-                names.TAG_RELEASE_STEP: self.step,
-                names.TAG_RELEASE_UNDO: json.dumps(self._moves),
-                names.TAG_RELEASE_PROCESS: this_process().to_tag(),
-            },
-        )
+        self.registry.set_version_tags(self.pipeline, self.version, {names.TAG_RELEASE: json.dumps(self._log(state))})
+
+    def _log(self, state: str) -> dict[str, Any]:
+        from components.recovery import this_process
+
+        return {"state": state, "step": self.step, "undo": self._moves, "process": this_process().to_tag()}
 
     # -- rollback -------------------------------------------------------------------------
 
@@ -230,7 +224,7 @@ class Release:
                     {
                         names.TAG_VERDICT: names.VERDICT_ABORTED,
                         names.TAG_REASONS: reason,
-                        **({names.TAG_RELEASE_STATE: "rolled_back"} if self._moves else {}),
+                        **({names.TAG_RELEASE: json.dumps(self._log("rolled_back"))} if self._moves else {}),
                     },
                 )
             except Exception as tag_error:
@@ -246,6 +240,12 @@ class Release:
         error.add_note(summary)
 
 
+def release_log(info: VersionInfo) -> dict[str, Any] | None:
+    """The release record a version carries (state, step, undo log, process), or None."""
+    text = info.tags.get(names.TAG_RELEASE)
+    return None if not text else json.loads(text)
+
+
 def recover_release(registry: Registry, pipeline: str, info: VersionInfo, why: str) -> str:
     """Finish or undo the release of `info` whose process died, from the undo log on its tags.
 
@@ -257,12 +257,14 @@ def recover_release(registry: Registry, pipeline: str, info: VersionInfo, why: s
     Returns:
         One line on what was done, for the run's notes.
     """
-    if info.tags.get(names.TAG_RELEASE_STEP) == STEP_RECORDED:
-        registry.set_version_tags(pipeline, info.version, {names.TAG_RELEASE_STATE: "done"})
+    log = release_log(info) or {"step": "?", "undo": []}
+    if log["step"] == STEP_RECORDED:
+        log["state"] = "done"
+        registry.set_version_tags(pipeline, info.version, {names.TAG_RELEASE: json.dumps(log)})
         return f"v{info.version}: the release had recorded its champion change; marked done"
     name = names.registered_model_name(pipeline)
     done, left = [], []
-    for alias, previous in reversed(json.loads(info.tags.get(names.TAG_RELEASE_UNDO) or "[]")):
+    for alias, previous in reversed(log["undo"]):
         now = registry.alias_version(pipeline, alias)
         if now is None or now.version != info.version:
             left.append(f"{alias} (now {'v' + now.version if now else 'unset'}, moved since)")
@@ -278,14 +280,14 @@ def recover_release(registry: Registry, pipeline: str, info: VersionInfo, why: s
     line = f"v{info.version}: half-done release undone ({'; '.join(done) or 'no alias to put back'})"
     if left:
         line += f"; left alone: {'; '.join(left)}"
-    step = info.tags.get(names.TAG_RELEASE_STEP, "?")
+    log["state"] = "rolled_back"
     registry.set_version_tags(
         pipeline,
         info.version,
         {
             names.TAG_VERDICT: names.VERDICT_ABORTED,
-            names.TAG_REASONS: f"aborted at '{step}': {why}"[:5000],
-            names.TAG_RELEASE_STATE: "rolled_back",
+            names.TAG_REASONS: f"aborted at '{log['step']}': {why}"[:5000],
+            names.TAG_RELEASE: json.dumps(log),
         },
     )
     return line

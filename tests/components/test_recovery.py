@@ -8,6 +8,7 @@ SIGKILLed): exactly the state a SIGKILL leaves. tests/flows/test_crash_resume.py
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 
@@ -17,7 +18,7 @@ import pytest
 from components import names
 from components.recovery import ProcessRef, sweep_crashed_runs, this_process
 from components.registry import Registry
-from components.release import Release
+from components.release import Release, release_log
 from components.resume import ResumeError, resolve_resume
 from components.settings import load_settings
 
@@ -75,7 +76,10 @@ def _aliases(registry: Registry, pipeline: str) -> dict[str, str]:
 
 
 def _died(registry: Registry, pipeline: str, version: str, process: ProcessRef) -> None:
-    registry.set_version_tags(pipeline, version, {names.TAG_RELEASE_PROCESS: process.to_tag()})
+    """Make the release's recorded process a dead one (as if its process had been SIGKILLed)."""
+    [info] = [v for v in registry.versions(pipeline) if v.version == version]
+    log = {**release_log(info), "process": process.to_tag()}  # type: ignore[dict-item]
+    registry.set_version_tags(pipeline, version, {names.TAG_RELEASE: json.dumps(log)})
 
 
 def test_a_release_killed_after_challenger_moved_is_undone(store: Registry, pipeline: str, dead: ProcessRef) -> None:
@@ -84,7 +88,7 @@ def test_a_release_killed_after_challenger_moved_is_undone(store: Registry, pipe
         store.log_text(run_id, "weights", "model/weights.txt")
         first.register(f"{store.client.get_run(run_id).info.artifact_uri}/model", run_id, {})
         first.promote(reason="first")
-    assert store.alias_version(pipeline, names.CHAMPION).tags[names.TAG_RELEASE_STATE] == "done"  # type: ignore[union-attr]
+    assert release_log(store.alias_version(pipeline, names.CHAMPION))["state"] == "done"  # type: ignore[arg-type,index]
 
     _release_until(store, pipeline, promote=False)  # v2 registered, challenger moved, then killed
     assert _aliases(store, pipeline) == {names.CHAMPION: "1", names.CHALLENGER: "2"}
@@ -98,7 +102,12 @@ def test_a_release_killed_after_challenger_moved_is_undone(store: Registry, pipe
     assert _aliases(store, pipeline) == {names.CHAMPION: "1", names.CHALLENGER: "1"}
     [v2] = [v for v in store.versions(pipeline) if v.version == "2"]
     assert v2.tags[names.TAG_VERDICT] == names.VERDICT_ABORTED
-    assert v2.tags[names.TAG_RELEASE_STATE] == "rolled_back"
+    assert release_log(v2) == {
+        "state": "rolled_back",
+        "step": "move challenger to v2",
+        "undo": [["challenger", "1"]],
+        "process": dead.to_tag(),
+    }
     assert v2.tags[names.TAG_REASONS].startswith(f"aborted at 'move challenger to v2': its process {dead.to_tag()}")
     assert sweep_crashed_runs(store, pipeline, by="flow run y").releases == []  # settled once
 

@@ -27,6 +27,7 @@ from toronto import toronto_raw
 
 from components import modeling, names
 from components.registry import Registry
+from components.release import release_log
 from components.settings import load_settings
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
@@ -85,7 +86,7 @@ def test_a_killed_run_is_marked_crashed_and_its_resume_reuses_the_model_and_judg
     flow_run_id = dead.tags[names.TAG_FLOW_RUN_ID]
     assert flow_run_state(flow_run_id) == "RUNNING"
     [half] = registry.versions("toronto")
-    assert (half.version, half.aliases, half.tags[names.TAG_RELEASE_STATE]) == ("1", [names.CHALLENGER], "open")
+    assert (half.version, half.aliases, release_log(half)["state"]) == ("1", [names.CHALLENGER], "open")  # type: ignore[index]
     with registry.run_artifacts(dead.run_id, names.TRAINED_PACKAGE) as package:
         assert package is not None
         trained = weights_hash(package)
@@ -108,11 +109,11 @@ def test_a_killed_run_is_marked_crashed_and_its_resume_reuses_the_model_and_judg
     assert "marked KILLED by flow run" in old.tags[names.TAG_CRASH]
     aborted, new = registry.versions("toronto")[::-1]
     assert (aborted.version, aborted.aliases, aborted.tags[names.TAG_VERDICT]) == ("1", [], names.VERDICT_ABORTED)
-    assert "died" in aborted.tags[names.TAG_REASONS] and aborted.tags[names.TAG_RELEASE_STATE] == "rolled_back"
+    assert "died" in aborted.tags[names.TAG_REASONS] and release_log(aborted)["state"] == "rolled_back"  # type: ignore[index]
 
     # The resume: the failed run's model, no epoch trained, and every gate judged on this run.
     assert (new.version, set(new.aliases)) == ("2", {names.CHAMPION, names.CHALLENGER})
-    assert new.tags[names.TAG_RELEASE_STATE] == "done"
+    assert release_log(new)["state"] == "done"  # type: ignore[index]
     run = registry.run_record(new.run_id)
     assert run is not None and run.run_id != dead.run_id
     assert run.tags[names.TAG_RESUMED_FROM_RUN] == dead.run_id
