@@ -62,6 +62,8 @@ class ProcessRef:
             return "alive" if same and process.status() != psutil.STATUS_ZOMBIE else "gone"
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return "gone"
+        except psutil.AccessDenied:  # another user's process: it exists, which is all we can tell
+            return "alive"
 
 
 def this_process() -> ProcessRef:

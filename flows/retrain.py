@@ -126,8 +126,13 @@ def _mark_crashed(flow_run_id: str, message: str) -> None:
 @_task(name="reuse_training")
 def reuse_training(registry: Registry, source: ResumeSource) -> modeling.Candidate | None:
     """The failed run's fitted model (its logged safetensors package), or None when it kept none."""
-    kept = load_trained(registry, source.run_id)
+    try:
+        kept = load_trained(registry, source.run_id)
+    except Exception as error:  # an unreadable package is no reason to fail: training again is
+        get_run_logger().warning("could not reuse the model of run %s (%s): training again", source.run_id, error)
+        return None
     if kept is None:
+        get_run_logger().warning("run %s kept no trained model: training again", source.run_id)
         return None
     predictor, result = kept
     get_run_logger().info("training reused: the model fitted by run %s", source.run_id)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -26,9 +27,11 @@ from sklego.datasets import load_arrests
 from toronto import toronto_raw
 
 from components import modeling, names
+from components.config import build_config
 from components.registry import Registry
 from components.release import release_log
 from components.settings import load_settings
+from flows.retrain import retrain
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 
@@ -149,3 +152,34 @@ def test_resume_names_what_is_wrong_with_the_run(workspace: Path, deepgate) -> N
     assert code == 1 and f"run {other} is a run of pipeline 'arrests', not 'toronto'" in output
     code, output = deepgate("run", "arrests", "mnist", "--resume", other)
     assert code == 1 and "--resume takes one pipeline, not 2" in output
+
+
+def test_a_retried_flow_run_resumes_its_own_failed_attempt(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `prefect flow-run retry` (or the flow's own retries) does: the same flow run again.
+    load_arrests(as_frame=True).iloc[:700].to_csv(workspace / "incoming.csv", index=False)
+    config = build_config(toronto_raw(**{"train.max_epochs": 2, "gates.evaluation.min_accuracy": 0.5}), [])
+    calls = {"serving": 0, "fits": 0}
+    check_serving, fit_candidate = modeling.check_serving, modeling.fit_candidate
+
+    def unreachable_once(*args: Any, **kwargs: Any) -> Any:
+        calls["serving"] += 1
+        if calls["serving"] == 1:
+            raise ConnectionError("serving host unreachable")
+        return check_serving(*args, **kwargs)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls["fits"] += 1
+        return fit_candidate(*args, **kwargs)
+
+    monkeypatch.setattr(modeling, "check_serving", unreachable_once)
+    monkeypatch.setattr(modeling, "fit_candidate", counted)
+    summary = retrain.with_options(retries=1, retry_delay_seconds=0)(config, home=str(workspace))
+
+    assert calls == {"serving": 2, "fits": 1}  # failed once, retried once, trained once
+    registry = Registry(load_settings(workspace))
+    [failed] = registry.find_runs("toronto", "attributes.status = 'FAILED'")
+    assert summary.resumed_from is not None and summary.resumed_from.startswith(f"MLflow run {failed.run_id}")
+    assert (summary.outcome, summary.version, summary.reused) == ("promoted", "2", ["validate", "train"])
+    aborted, promoted = registry.versions("toronto")[::-1]
+    assert aborted.tags[names.TAG_VERDICT] == names.VERDICT_ABORTED  # the first attempt's release, rolled back
+    assert promoted.tags[names.TAG_TRAINED_IN] == failed.run_id and names.CHAMPION in promoted.aliases
