@@ -106,10 +106,14 @@ def crash_cleanup(registry: Registry, pipeline: str, flow_run_id: str) -> SweepR
 
 
 def _mark_crashed(flow_run_id: str, message: str) -> None:
-    """Set a flow run that is not finished (Running, Paused) to Crashed; a finished one is left alone."""
+    """Set a flow run that is not finished (Running, Paused) to Crashed, with its unfinished task runs.
+
+    A finished flow run is left alone.
+    """
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Crashed
 
@@ -120,6 +124,10 @@ def _mark_crashed(flow_run_id: str, message: str) -> None:
             return  # another Prefect server's run, or not a flow run id: nothing to mark here
         if found.state is not None and found.state.is_final():
             return
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[found.id])))
+        for task_run in tasks:  # the stage it died in, still "Running" otherwise
+            if task_run.state is not None and not task_run.state.is_final():
+                client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
         client.set_flow_run_state(found.id, Crashed(message=message), force=True)
 
 

@@ -21,6 +21,7 @@ from uuid import UUID
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import get_current_settings
 from safetensors.numpy import load_file
 from sklego.datasets import load_arrests
@@ -52,6 +53,15 @@ def weights_hash(package: Path) -> str:
 def flow_run_state(flow_run_id: str) -> str:
     with get_client(sync_client=True) as client:
         return str(client.read_flow_run(UUID(flow_run_id)).state_type.value)
+
+
+def task_run_states(flow_run_id: str) -> dict[str, str]:
+    """The state of each task run of a flow run that did not complete, by task name."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+    return {
+        run.name.rsplit("-", 1)[0]: str(run.state_type.value) for run in runs if run.state_type.value != "COMPLETED"
+    }
 
 
 def test_a_killed_run_is_marked_crashed_and_its_resume_reuses_the_model_and_judges_every_gate(
@@ -88,6 +98,7 @@ def test_a_killed_run_is_marked_crashed_and_its_resume_reuses_the_model_and_judg
     [dead] = registry.find_runs("toronto", "attributes.status = 'RUNNING'")
     flow_run_id = dead.tags[names.TAG_FLOW_RUN_ID]
     assert flow_run_state(flow_run_id) == "RUNNING"
+    assert task_run_states(flow_run_id) == {"validate_serving": "RUNNING"}  # the stage it died in
     [half] = registry.versions("toronto")
     assert (half.version, half.aliases, release_log(half)["state"]) == ("1", [names.CHALLENGER], "open")  # type: ignore[index]
     with registry.run_artifacts(dead.run_id, names.TRAINED_PACKAGE) as package:
@@ -107,6 +118,7 @@ def test_a_killed_run_is_marked_crashed_and_its_resume_reuses_the_model_and_judg
 
     # Crash cleanup: the flow run Crashed, the MLflow run KILLED, the release undone.
     assert flow_run_state(flow_run_id) == "CRASHED"
+    assert task_run_states(flow_run_id) == {"validate_serving": "CRASHED"}
     old = registry.run_record(dead.run_id)
     assert old is not None and (old.status, old.tags[names.TAG_OUTCOME]) == ("KILLED", "crashed")
     assert "marked KILLED by flow run" in old.tags[names.TAG_CRASH]
