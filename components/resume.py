@@ -163,8 +163,8 @@ def retried_source(registry: Registry, pipeline: str, flow_run_id: str) -> Resum
 
 
 # ------------------------------------------------------------------- stage results
-def log_trained(registry: Registry, run_id: str, predictor: Predictor, result: TrainResult, package: Path) -> None:
-    """Keep a fit's model package (`package`: where `predictor` was saved) and its result on the run."""
+def log_trained(registry: Registry, run_id: str, package: Path, result: TrainResult) -> None:
+    """Keep a fit's model package (a folder written by `Predictor.save`) and its result on the run."""
     registry.log_artifacts(run_id, package, names.TRAINED_PACKAGE)
     registry.log_dict(
         run_id,

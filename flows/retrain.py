@@ -152,7 +152,7 @@ def keep_trained(registry: Registry, run_id: str, candidate: modeling.Candidate)
     """Log the fitted model package and fit result on the run, for a resumed run to reuse."""
     with tempfile.TemporaryDirectory() as tmp:
         package = candidate.predictor.save(Path(tmp) / "package")
-        log_trained(registry, run_id, candidate.predictor, candidate.result, package)
+        log_trained(registry, run_id, package, candidate.result)
 
 
 @_task(name="ingest")
