@@ -35,6 +35,20 @@ TAG_APPROVAL_BY = "deepgate.approval.by"
 TAG_APPROVAL_COMMENT = "deepgate.approval.comment"
 TAG_PREVIOUS_CHAMPION = "deepgate.previous_champion"
 
+# Crash marking and resume of retraining runs (components/recovery.py, components/resume.py).
+TAG_PROCESS = "deepgate.process"  # "host:pid:start" of the process running the run (crash detection)
+TAG_OUTCOME = "deepgate.outcome"  # "promoted" | "rejected" | "up_to_date" | "stopped" | "crashed"
+TAG_CRASH = "deepgate.crash"  # on a run found dead: what found it, when, and what was undone
+TAG_RESUMED_FROM_RUN = "deepgate.resumed_from"  # the failed MLflow run this run resumed
+TAG_REUSED = "deepgate.reused"  # stages whose results came from that run, e.g. "validate,train"
+TAG_TRAINED_IN = "deepgate.train.run"  # the MLflow run whose fit produced the weights
+# Version tag, JSON: {"state": "open" | "done" | "rolled_back", "step": the step last started,
+# "undo": [[alias, previous version or null], ...], "process": the releasing process, as TAG_PROCESS}.
+TAG_RELEASE = "deepgate.release"
+TRAINED_PACKAGE = "train/package"  # run artifact: the fitted model package (safetensors + spec.json)
+TRAIN_RESULT = "train/result.json"  # run artifact: how that fit went (history, epochs, device)
+OUTCOME_CRASHED = "crashed"
+
 # Run tags of `deepgate tune`: the search's parent run and one nested run per trial.
 TAG_RUN_KIND = "deepgate.run_kind"  # "tune" | "tune_trial" | "monitor"
 TAG_TUNE_TRIAL = "deepgate.tune.trial"  # Optuna's trial number

@@ -39,6 +39,17 @@ class VersionInfo:
     source: str
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """A tracking run, as crash cleanup and resume need it."""
+
+    run_id: str
+    status: str  # RUNNING | FINISHED | FAILED | KILLED
+    experiment_id: str
+    tags: dict[str, str]
+    start_ms: int
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for key, child in value.items():
@@ -152,6 +163,39 @@ class Registry:
             except Exception:  # MLflow raises several types for a missing artifact
                 return None
             return json.loads(Path(path).read_text())
+
+    def run_record(self, run_id: str) -> RunRecord | None:
+        """A run by id, or None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return _record(self.client.get_run(run_id))
+        except MlflowException:
+            return None
+
+    def find_runs(self, pipeline: str | None, filter_string: str, max_results: int = 100) -> list[RunRecord]:
+        """Runs matching an MLflow filter, newest first: in the pipeline's experiment, or in every one (None)."""
+        if pipeline is None:
+            experiments = [e.experiment_id for e in self.client.search_experiments()]
+        else:
+            found = self.client.get_experiment_by_name(names.experiment_name(pipeline))
+            experiments = [] if found is None else [found.experiment_id]
+        if not experiments:
+            return []
+        runs = self.client.search_runs(
+            experiments, filter_string=filter_string, max_results=max_results, order_by=["attributes.start_time DESC"]
+        )
+        return [_record(run) for run in runs]
+
+    @contextmanager
+    def run_artifacts(self, run_id: str, artifact_path: str) -> Iterator[Path | None]:
+        """Download a run's artifact (file or folder) to a temp dir; None when the run has none."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local: Path | None = Path(self.client.download_artifacts(run_id, artifact_path, tmp))
+            except Exception:  # MLflow raises several types for a missing artifact
+                local = None
+            yield local if local is not None and local.exists() else None
 
     # ----------------------------------------------------------------- models
     def log_model(self, run_id: str, package_dir: Path, pip_requirements: list[str]) -> str:
@@ -302,3 +346,13 @@ class Registry:
             created_ms=int(version.creation_timestamp or 0),
             source=str(version.source),
         )
+
+
+def _record(run: Any) -> RunRecord:
+    return RunRecord(
+        run_id=str(run.info.run_id),
+        status=str(run.info.status),
+        experiment_id=str(run.info.experiment_id),
+        tags=dict(run.data.tags or {}),
+        start_ms=int(run.info.start_time or 0),
+    )

@@ -8,6 +8,11 @@ raises, the moves are undone in reverse order and the new version is tagged
 ``deepgate.verdict=aborted`` with the step and the error. No alias is left moved by a release
 that did not finish; the version stays, as the record of what was tried.
 
+The undo log also lives on the new version's tags (``deepgate.release.*``), with the
+releasing process: a release whose process was killed (SIGKILL, a lost machine) never reaches
+its ``except``, so the next run's crash cleanup (:func:`recover_release`) finishes it, when the
+champion change was already recorded, or undoes it from that log.
+
 Every change of `champion` (a promotion, a forced promotion, a rollback) appends one entry to
 the registered model's tags (``deepgate.champion.<n>``, JSON): who or what moved it, from and
 to which version, when and why. ``deepgate status`` prints it; ``deepgate rollback`` walks it
@@ -25,10 +30,11 @@ from types import TracebackType
 from typing import Any
 
 from components import names
-from components.registry import Registry
+from components.registry import Registry, VersionInfo
 
 logger = logging.getLogger(__name__)
 
+STEP_RECORDED = "champion recorded"  # the last step: after it, a release is complete in substance
 TAG_HISTORY_PREFIX = "deepgate.champion."  # + a zero-padded sequence number
 
 
@@ -108,6 +114,7 @@ class Release:
         self.version = version
         self.step = "start"
         self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._moves: list[tuple[str, str | None]] = []  # the undo log as data, kept on the version's tags
 
     def __enter__(self) -> Release:
         return self
@@ -117,6 +124,8 @@ class Release:
     ) -> None:
         if error is not None:
             self.rollback(error)
+        elif self._undo:
+            self._persist(state="done")
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -146,6 +155,9 @@ class Release:
         self.step = f"move {alias} to v{version}"
         before = self.registry.alias_version(self.pipeline, alias)
         previous = None if before is None else before.version
+        # Written ahead of the move: a process killed right after it still leaves the way back.
+        self._moves.append((alias, previous))
+        self._persist(state="open")
         self.registry.client.set_registered_model_alias(self.name, alias, version)
         self._undo.append(
             (f"{alias} back to {'v' + previous if previous else 'nothing'}", self._aliaser(alias, previous))
@@ -165,7 +177,20 @@ class Release:
         self.move_alias(names.CHAMPION, self.version)
         self.step = "record the champion change"
         record_champion_change(self.registry, self.pipeline, kind, self.version, previous, self.by, reason)
+        self.step = STEP_RECORDED
+        self._persist(state="open")
         return previous
+
+    def _persist(self, state: str) -> None:
+        """Write the undo log, the step and this process to the version's tags (what crash cleanup reads)."""
+        if self.version is None:
+            return
+        self.registry.set_version_tags(self.pipeline, self.version, {names.TAG_RELEASE: json.dumps(self._log(state))})
+
+    def _log(self, state: str) -> dict[str, Any]:
+        from components.recovery import this_process
+
+        return {"state": state, "step": self.step, "undo": self._moves, "process": this_process().to_tag()}
 
     # -- rollback -------------------------------------------------------------------------
 
@@ -194,7 +219,13 @@ class Release:
             reason = f"aborted at '{self.step}': {type(error).__name__}: {error}"[:5000]
             try:
                 self.registry.set_version_tags(
-                    self.pipeline, self.version, {names.TAG_VERDICT: names.VERDICT_ABORTED, names.TAG_REASONS: reason}
+                    self.pipeline,
+                    self.version,
+                    {
+                        names.TAG_VERDICT: names.VERDICT_ABORTED,
+                        names.TAG_REASONS: reason,
+                        **({names.TAG_RELEASE: json.dumps(self._log("rolled_back"))} if self._moves else {}),
+                    },
                 )
             except Exception as tag_error:
                 failed.append(f"tag v{self.version} aborted: {tag_error}")
@@ -207,6 +238,59 @@ class Release:
         else:
             logger.warning(summary)
         error.add_note(summary)
+
+
+def release_log(info: VersionInfo) -> dict[str, Any] | None:
+    """The release record a version carries (state, step, undo log, process), or None."""
+    text = info.tags.get(names.TAG_RELEASE)
+    return None if not text else json.loads(text)
+
+
+def recover_release(registry: Registry, pipeline: str, info: VersionInfo, why: str) -> str:
+    """Finish or undo the release of `info` whose process died, from the undo log on its tags.
+
+    Complete in substance (the champion change was recorded): only marked done. Otherwise each
+    alias it moved goes back where it pointed before, newest move first, unless someone has
+    moved that alias since (then it is left alone, and said so), and the version is tagged
+    aborted with `why`.
+
+    Returns:
+        One line on what was done, for the run's notes.
+    """
+    log = release_log(info) or {"step": "?", "undo": []}
+    if log["step"] == STEP_RECORDED:
+        log["state"] = "done"
+        registry.set_version_tags(pipeline, info.version, {names.TAG_RELEASE: json.dumps(log)})
+        return f"v{info.version}: the release had recorded its champion change; marked done"
+    name = names.registered_model_name(pipeline)
+    done, left = [], []
+    for alias, previous in reversed(log["undo"]):
+        now = registry.alias_version(pipeline, alias)
+        if now is None or now.version != info.version:
+            left.append(f"{alias} (now {'v' + now.version if now else 'unset'}, moved since)")
+            continue
+        try:
+            if previous is None:
+                registry.client.delete_registered_model_alias(name, alias)
+            else:
+                registry.client.set_registered_model_alias(name, alias, previous)
+            done.append(f"{alias} back to {'v' + previous if previous else 'nothing'}")
+        except Exception as error:  # keep going: every alias gets its chance
+            left.append(f"{alias}: {error}")
+    line = f"v{info.version}: half-done release undone ({'; '.join(done) or 'no alias to put back'})"
+    if left:
+        line += f"; left alone: {'; '.join(left)}"
+    log["state"] = "rolled_back"
+    registry.set_version_tags(
+        pipeline,
+        info.version,
+        {
+            names.TAG_VERDICT: names.VERDICT_ABORTED,
+            names.TAG_REASONS: f"aborted at '{log['step']}': {why}"[:5000],
+            names.TAG_RELEASE: json.dumps(log),
+        },
+    )
+    return line
 
 
 def record_champion_change(

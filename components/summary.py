@@ -36,6 +36,9 @@ class RunSummary:
         timings: Seconds per stage.
         mlflow_run_id: The tracking run.
         notes: Things the user should know that are not about the outcome (a suite written).
+        resumed_from: The failed run this run resumed (`deepgate run --resume`, a retried flow run).
+        reused: The stages whose results came from that run (e.g. `validate`, `train`); its gates
+            were judged again all the same.
         reports: Each gate's full report, in DAG order (for the model card; not in `to_dict`).
     """
 
@@ -52,6 +55,8 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    resumed_from: str | None = None
+    reused: list[str] = field(default_factory=list)
     reports: list[GateReport] = field(default_factory=list, repr=False, compare=False)
 
     def add_gate(self, report: GateReport) -> None:
@@ -82,4 +87,13 @@ class RunSummary:
             lines += [f"| {k} | {v:.4f} |" for k, v in self.metrics.items()]
         if self.reasons:
             lines += ["", "**Why:**", *[f"- {r}" for r in self.reasons]]
+        if self.resumed_from:
+            lines += ["", f"- {self.resume_line()}"]
         return "\n".join(lines)
+
+    def resume_line(self) -> str:
+        """What a resumed run took from the failed one, in one sentence ("" when not resumed)."""
+        if not self.resumed_from:
+            return ""
+        taken = ", ".join(self.reused) if self.reused else "nothing (its inputs changed)"
+        return f"resumed from {self.resumed_from}: reused {taken}; every gate judged again"

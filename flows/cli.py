@@ -113,21 +113,34 @@ def run(
     overrides: _OverridesOption = None,
     all_: Annotated[bool, typer.Option("--all", help="Every pipeline in params.yaml.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN",
+            help="Resume this failed (or killed) run of the pipeline, by MLflow run id or Prefect flow-run id: "
+            "its trained model and validation are reused where their inputs are unchanged; every gate runs again.",
+        ),
+    ] = None,
 ) -> None:
     """Retrain pipelines through every gate, and print what happened."""
     settings = load_settings()
     try:
         names_ = sorted(bundled_pipelines(settings.params_path)) if all_ else list(pipelines or [])
         configs = _configs(names_, config, list(set_ or []), settings, overrides)
+        if resume is not None and len(configs) != 1:
+            raise ConfigError(f"--resume takes one pipeline, not {len(configs)}")
     except ConfigError as error:
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     _prepare_environment(settings)
+    if resume is not None:
+        _check_resume(settings, configs[0].name, resume)
     from flows.retrain import GateStopped, retrain
 
     summaries, codes = [], []
     for cfg in configs:
-        state = retrain(cfg, home=str(settings.home), return_state=True)
+        state = retrain(cfg, home=str(settings.home), resume_from=resume, return_state=True)
         if state.is_completed():
             summaries.append(state.result())
             codes.append(EXIT_OK)
@@ -144,6 +157,18 @@ def run(
     else:
         _print_summaries(summaries)
     raise typer.Exit(EXIT_ERROR if EXIT_ERROR in codes else max(codes, default=EXIT_OK))
+
+
+def _check_resume(settings: Settings, pipeline: str, reference: str) -> None:
+    """Fail fast, before Prefect starts, on a run that cannot be resumed (the flow checks again)."""
+    from components.registry import Registry
+    from components.resume import ResumeError, resolve_resume
+
+    try:
+        resolve_resume(Registry(settings), pipeline, reference)
+    except ResumeError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 def _print_summaries(summaries: list[Any]) -> None:
@@ -188,6 +213,8 @@ def _print_summaries(summaries: list[Any]) -> None:
     for s in summaries:
         for reason in s.reasons:
             console.print(f"[bold]{s.pipeline}[/bold]: {reason}", highlight=False)
+        if s.resumed_from:
+            console.print(f"[bold]{s.pipeline}[/bold]: {s.resume_line()}", highlight=False)
         for note in s.notes:
             console.print(f"[bold]{s.pipeline}[/bold] note: {note}", highlight=False)
         if s.stopped_at:

@@ -52,8 +52,22 @@ from components.lineage import code_hash, fingerprint, git_commit
 from components.model_card import MODEL_CARD, ModelCardInputs, render_model_card
 from components.predictor import Predictor
 from components.promotion import PromotionDecision, decide_promotion, evaluation_gate
+from components.recovery import SweepReport, sweep_crashed_runs, this_process
 from components.registry import Registry, VersionInfo
 from components.release import Release
+from components.resume import (
+    STAGE_TRAIN,
+    STAGE_VALIDATE,
+    TAG_STAGE_KEY_PREFIX,
+    ResumeSource,
+    load_gate,
+    load_trained,
+    log_trained,
+    resolve_resume,
+    retried_source,
+    training_key,
+    validation_key,
+)
 from components.settings import Settings, load_settings
 from components.split import SplitIndices, limit_shots, split_dataset
 from components.suites import load_suite, save_suite, suite_hash, suite_path
@@ -77,6 +91,68 @@ class GateStopped(RuntimeError):
 # Tasks hold in-memory datasets and models: hashing them for a cache key would cost more
 # than the work, so caching is off here and the deliberate skip is the fingerprint check.
 _task = task(cache_policy=NO_CACHE, persist_result=False)
+
+
+@_task(name="crash_cleanup")
+def crash_cleanup(registry: Registry, pipeline: str, flow_run_id: str) -> SweepReport:
+    """Close the runs of this pipeline whose process died: MLflow run KILLED, flow run Crashed, release settled."""
+    report = sweep_crashed_runs(registry, pipeline, by=f"flow run {flow_run_id}")
+    for crashed in report.crashed:
+        if crashed.flow_run_id:
+            _mark_crashed(crashed.flow_run_id, f"its process {crashed.process} died (found by flow run {flow_run_id})")
+    for line in report.notes():
+        get_run_logger().warning(line)
+    return report
+
+
+def _mark_crashed(flow_run_id: str, message: str) -> None:
+    """Set a flow run that is not finished (Running, Paused) to Crashed, with its unfinished task runs.
+
+    A finished flow run is left alone.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_flow_run(UUID(flow_run_id))
+        except (ObjectNotFound, ValueError):
+            return  # another Prefect server's run, or not a flow run id: nothing to mark here
+        if found.state is not None and found.state.is_final():
+            return
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[found.id])))
+        for task_run in tasks:  # the stage it died in, still "Running" otherwise
+            if task_run.state is not None and not task_run.state.is_final():
+                client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+        client.set_flow_run_state(found.id, Crashed(message=message), force=True)
+
+
+@_task(name="reuse_training")
+def reuse_training(registry: Registry, source: ResumeSource) -> modeling.Candidate | None:
+    """The failed run's fitted model (its logged safetensors package), or None when it kept none."""
+    try:
+        kept = load_trained(registry, source.run_id)
+    except Exception as error:  # an unreadable package is no reason to fail: training again is
+        get_run_logger().warning("could not reuse the model of run %s (%s): training again", source.run_id, error)
+        return None
+    if kept is None:
+        get_run_logger().warning("run %s kept no trained model: training again", source.run_id)
+        return None
+    predictor, result = kept
+    get_run_logger().info("training reused: the model fitted by run %s", source.run_id)
+    return modeling.Candidate(predictor, result)
+
+
+@_task(name="keep_trained")
+def keep_trained(registry: Registry, run_id: str, candidate: modeling.Candidate) -> None:
+    """Log the fitted model package and fit result on the run, for a resumed run to reuse."""
+    with tempfile.TemporaryDirectory() as tmp:
+        package = candidate.predictor.save(Path(tmp) / "package")
+        log_trained(registry, run_id, package, candidate.result)
 
 
 @_task(name="ingest")
@@ -462,24 +538,36 @@ def config_key(pipeline: str) -> str:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(config: PipelineConfig, home: str | None = None) -> RunSummary:
+def retrain(config: PipelineConfig, home: str | None = None, resume_from: str | None = None) -> RunSummary:
     """Retrain one pipeline through every gate.
+
+    A retried flow run (`prefect flow-run retry`, or the flow's own retries) resumes its own
+    failed attempt by itself; `resume_from` names another failed run to resume.
 
     Args:
         config: The validated pipeline configuration.
         home: Project workspace (default: `DEEPGATE_HOME` or the current directory).
+        resume_from: A failed run of this pipeline (MLflow run id or Prefect flow-run id) whose
+            expensive stages to reuse where their inputs are unchanged; gates run again.
 
     Returns:
         The run's summary (outcome `promoted`, `rejected` or `up_to_date`).
 
     Raises:
         GateStopped: A data or label gate failed; nothing was trained or registered.
+        ResumeError: `resume_from` is unknown, of another pipeline, or did not fail.
     """
     settings = load_settings(Path(home) if home else None)
     registry = Registry(settings)
     summary = RunSummary(pipeline=config.name)
     code, commit = code_hash(), git_commit(settings.home)
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    summary.notes += crash_cleanup(registry, config.name, flow_run_id).notes()
+    source = (
+        resolve_resume(registry, config.name, resume_from)
+        if resume_from
+        else retried_source(registry, config.name, flow_run_id)
+    )
     run_id = registry.start_run(
         config.name,
         f"retrain-{flow_run_id[:8]}",
@@ -489,28 +577,41 @@ def retrain(config: PipelineConfig, home: str | None = None) -> RunSummary:
             names.TAG_CODE_HASH: code,
             names.TAG_GIT_COMMIT: commit,
             names.TAG_CONFIG_HASH: config.config_hash(),
+            names.TAG_PROCESS: this_process().to_tag(),
+            **({names.TAG_RESUMED_FROM_RUN: source.run_id} if source is not None else {}),
         },
     )
     summary.mlflow_run_id = run_id
+    if source is not None:
+        summary.resumed_from = source.describe()
     registry.log_params(run_id, config.model_dump(mode="json"))
     registry.log_dict(run_id, config.model_dump(mode="json"), names.CONFIG_ARTIFACT)  # for `deepgate promote`
     try:
-        _retrain(config, settings, registry, summary, run_id, code, commit, flow_run_id)
+        _retrain(config, settings, registry, summary, run_id, code, commit, flow_run_id, source)
     except GateStopped:
-        registry.set_run_tags(run_id, {"deepgate.outcome": "stopped", "deepgate.stopped_at": str(summary.stopped_at)})
+        registry.set_run_tags(run_id, {names.TAG_OUTCOME: "stopped", "deepgate.stopped_at": str(summary.stopped_at)})
         registry.log_dict(run_id, summary.to_dict(), "summary.json")
         registry.end_run(run_id, "FAILED")
         raise
     except BaseException:
         registry.end_run(run_id, "FAILED")
         raise
-    registry.set_run_tags(run_id, {"deepgate.outcome": summary.outcome})
+    registry.set_run_tags(run_id, {names.TAG_OUTCOME: summary.outcome})
     registry.log_dict(run_id, summary.to_dict(), "summary.json")
     registry.end_run(run_id, "FINISHED")
     create_markdown_artifact(
         key=f"{config_key(config.name)}-summary", markdown=summary.to_markdown(), description="deepgate retrain summary"
     )
     return summary
+
+
+def _reusable(source: ResumeSource | None, stage: str, key: str) -> bool:
+    return source is not None and source.key(stage) == key
+
+
+def _reused(registry: Registry, run_id: str, summary: RunSummary, stage: str) -> None:
+    summary.reused.append(stage)
+    registry.set_run_tags(run_id, {names.TAG_REUSED: ",".join(summary.reused)})
 
 
 def _stop(summary: RunSummary, report: GateReport) -> None:
@@ -528,6 +629,7 @@ def _retrain(
     code: str,
     commit: str,
     flow_run_id: str,
+    source: ResumeSource | None = None,
 ) -> None:
     champion = registry.alias_version(config.name, names.CHAMPION)
     summary.champion = None if champion is None else champion.version
@@ -553,8 +655,15 @@ def _retrain(
         reference = reference_data(settings, config, champion)
         suite = _suite(settings, config, reference, dataset, summary)
         registry.log_dict(run_id, suite, SUITE_ARTIFACT)
-        registry.set_run_tags(run_id, {names.TAG_SUITE_HASH: suite_hash(suite)})
-        report = _gate(registry, run_id, summary, validate(dataset, config, suite))
+        key = validation_key(data.md5, suite_hash(suite), config, code)
+        registry.set_run_tags(
+            run_id, {names.TAG_SUITE_HASH: suite_hash(suite), TAG_STAGE_KEY_PREFIX + STAGE_VALIDATE: key}
+        )
+        # Same data, suite, settings and code: GX would find the same; the verdict is judged again.
+        reused = load_gate(registry, source.run_id, "validation") if _reusable(source, STAGE_VALIDATE, key) else None
+        if reused is not None:
+            _reused(registry, run_id, summary, STAGE_VALIDATE)
+        report = _gate(registry, run_id, summary, reused or validate(dataset, config, suite))
     if not report.passed:
         data_docs(registry, run_id, dataset, suite)  # the page a person reads to see what broke
         _stop(summary, report)
@@ -610,9 +719,17 @@ def _retrain(
     elif config.train.init == "warm_start":
         summary.notes.append("warm_start: no champion yet, so this model starts from scratch")
     with _stage(summary, "train"):
-        # Keyed by the run's fingerprint: a killed run of the same data, code and config resumes.
-        checkpoints = settings.home / ".deepgate" / "checkpoints" / config.name / identity
-        candidate = train(dataset, indices, config, lineage, base, checkpoints)
+        key = training_key(data.md5, config, code, base_ref)
+        registry.set_run_tags(run_id, {TAG_STAGE_KEY_PREFIX + STAGE_TRAIN: key})
+        reused_fit = reuse_training(registry, source) if _reusable(source, STAGE_TRAIN, key) else None
+        if reused_fit is not None:
+            candidate, trained_in = reused_fit, source.tags.get(names.TAG_TRAINED_IN, source.run_id)  # type: ignore[union-attr]
+            _reused(registry, run_id, summary, STAGE_TRAIN)
+        else:
+            # Keyed by the run's fingerprint: a killed run of the same data, code and config resumes.
+            checkpoints = settings.home / ".deepgate" / "checkpoints" / config.name / identity
+            candidate, trained_in = train(dataset, indices, config, lineage, base, checkpoints), run_id
+        keep_trained(registry, run_id, candidate)
     fit = candidate.result
     resumed = fit.resumed_from
     registry.set_run_tags(
@@ -620,9 +737,11 @@ def _retrain(
         {
             names.TAG_TRAIN_DEVICE: f"{fit.device} x{fit.processes} ({fit.precision})",
             names.TAG_RESUMED_FROM: f"epoch {resumed['epoch']} step {resumed['step']}" if resumed else "-",
+            names.TAG_TRAINED_IN: trained_in,
         },
     )
-    registry.log_metrics(run_id, {"train.fit_seconds": fit.fit_seconds, "train.epochs_run": fit.epochs_run})
+    if reused_fit is None:  # a reused model's fit is the failed run's record, not this run's
+        registry.log_metrics(run_id, {"train.fit_seconds": fit.fit_seconds, "train.epochs_run": fit.epochs_run})
     for row in fit.history:
         registry.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     registry.log_figure(run_id, plot_learning_curves(candidate.result.history), "plots/learning_curves.png")
@@ -660,6 +779,7 @@ def _retrain(
         names.TAG_QUARANTINED: str(quarantined),
         **({names.TAG_BASE_MODEL: base_ref} if base_ref else {}),
         names.TAG_FLOW_RUN_ID: flow_run_id,
+        names.TAG_TRAINED_IN: trained_in,
         names.TAG_VERDICT: names.VERDICT_PENDING,
         **{f"{names.TAG_GATE_PREFIX}{g.gate}": g.status for g in summary.gates},
     }
@@ -704,6 +824,7 @@ def _retrain(
                 "mlflow_run_id": run_id,
                 "flow_run_id": flow_run_id,
                 **({"raw_data_version": raw.md5} if raw is not None else {}),
+                **({"trained_in_run": trained_in} if trained_in != run_id else {}),
             },
             gates=summary.reports,
             comparison=comparison,

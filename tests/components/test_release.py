@@ -89,14 +89,15 @@ def _fail_on(target: Any, method: str, call: int) -> Callable[..., Any]:
 # (client method, which call of it fails in the second release, the step it names, version made?)
 STEPS = [
     ("create_model_version", 1, "register", False),
+    ("set_model_version_tag", 1, "move challenger to v2", True),  # its undo log, written ahead of the move
     ("set_registered_model_alias", 1, "move challenger to v2", True),
-    ("set_model_version_tag", 2, "tag deepgate.verdict", True),  # 1st: the serving tag
+    ("set_model_version_tag", 3, "tag deepgate.verdict", True),  # 2nd: the serving tag
     ("set_registered_model_alias", 2, "move champion to v2", True),
     ("set_registered_model_tag", 1, "record the champion change", True),
 ]
 
 
-@pytest.mark.parametrize(("method", "call", "step", "created"), STEPS, ids=[s[2] for s in STEPS])
+@pytest.mark.parametrize(("method", "call", "step", "created"), STEPS, ids=[f"{s[0]}#{s[1]}" for s in STEPS])
 def test_a_failure_at_any_step_leaves_no_alias_moved(
     registry: Registry, monkeypatch: pytest.MonkeyPatch, method: str, call: int, step: str, created: bool
 ) -> None:
