@@ -313,3 +313,39 @@ def test_the_fingerprint_covers_the_initial_weights() -> None:
     assert training.fit_fingerprint(first, train, val, cfg) == training.fit_fingerprint(
         first, train, val, other_interval
     )
+
+
+def test_an_augmented_cnn_fit_resumes_bit_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Augmentation draws from a generator seeded by the step: a resumed fit must draw the same
+    # transforms for the batches it has left as the uninterrupted fit did.
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 0.3, size=(48, 1, 8, 8)).astype(np.float32)
+    labels = np.arange(48) % 2
+    images[labels == 0, :, :4, :] += 0.7
+    images[labels == 1, :, 4:, :] += 0.7
+    data = (images[:40], labels[:40]), (images[40:], labels[40:])
+    cfg = TrainConfig(
+        arch="cnn",
+        lr=0.01,
+        batch_size=8,
+        max_epochs=2,
+        accelerator="cpu",
+        checkpoint_every_n_steps=3,
+        augment={"shift": 0.2, "rotate": 20, "scale": 0.1},
+    )
+
+    def cnn_fit(directory: Path | None) -> training.TrainResult:
+        torch.manual_seed(0)
+        net = build_model("cnn", in_channels=1, height=8, width=8, n_classes=2, channels=[4], dropout=0.0)
+        return train_model(net, *data, cfg, checkpoint_dir=directory)
+
+    reference = cnn_fit(None)
+    real_write = training._write_atomic
+    monkeypatch.setattr(training, "_write_atomic", _killed_after(real_write, 1))  # epoch 0, step 3 of 5
+    with pytest.raises(Killed):
+        cnn_fit(tmp_path)
+    monkeypatch.setattr(training, "_write_atomic", real_write)
+    resumed = cnn_fit(tmp_path)
+    assert resumed.resumed_from == {"epoch": 0, "step": 3}
+    assert digest(resumed) == digest(reference)
+    assert resumed.history == reference.history
