@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -150,19 +151,24 @@ def test_the_event_starts_a_run_of_that_pipelines_deployment_which_completes() -
     assert others == []  # another pipeline's deployment did not react
 
 
-async def _runs_created_by_automation(deployment_id: UUID, event: str, pipeline: str) -> list:
+async def _runs_created_by_automation(
+    deployment_id: UUID, event: str, pipeline: str
+) -> tuple[list, list[datetime.datetime]]:
+    """The runs the automation created, and when each event was sent."""
     only = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    sent: list[datetime.datetime] = []
     async with get_client() as client:
         try:
-            for second in range(60):
-                if second % RESEND_SECONDS == 0:
+            for second in range(240):
+                if second % (RESEND_SECONDS * 4) == 0:
+                    sent.append(datetime.datetime.now(datetime.UTC))
                     emit_event(event, resource=names.pipeline_resource(pipeline), payload={"md5": "abc123"})
                 runs = await client.read_flow_runs(deployment_filter=only)
                 triggered = [r for r in runs if r.created_by is not None and r.created_by.type == "AUTOMATION"]
                 if triggered:
-                    return triggered
-                await asyncio.sleep(1)
-            return []
+                    return triggered, sent
+                await asyncio.sleep(0.25)
+            return [], sent
         finally:
             await client.delete_deployment(deployment_id)  # never run: training is test_retrain's job
 
@@ -173,7 +179,12 @@ def test_a_new_data_version_creates_a_run_of_the_real_retrain_deployment(tmp_pat
     [deployment] = deployments([config], cron="0 3 * * *", home=str(tmp_path))
     deployment_id = deployment.apply()
 
-    run, *_ = asyncio.run(_runs_created_by_automation(deployment_id, names.EVENT_DATASET_UPDATED, config.name))
+    (run, *_), sent = asyncio.run(_runs_created_by_automation(deployment_id, names.EVENT_DATASET_UPDATED, config.name))
 
+    # The figure issue #7 asks for: from the event that did it (the last one sent before the
+    # run existed) to the flow run's creation on the server. Printed, never a limit.
+    assert run.created is not None
+    cause = max(t for t in sent if t <= run.created)
+    print(f"\nevent -> flow run: {(run.created - cause).total_seconds():.2f} s (events sent: {len(sent)})")
     assert run.parameters["home"] == str(tmp_path)
     assert PipelineConfig.model_validate(run.parameters["config"]) == config
