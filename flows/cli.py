@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -485,6 +483,12 @@ def serve(
     poll: Annotated[
         float, typer.Option(help="Seconds between checks for a new champion.", envvar="DEEPGATE_SERVE_POLL")
     ] = 10.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes answering requests (each holds the model).", envvar="DEEPGATE_SERVE_WORKERS", min=1
+        ),
+    ] = 1,
     max_body_bytes: Annotated[
         int,
         typer.Option(help="Larger request bodies get 413, unread.", envvar="DEEPGATE_SERVE_MAX_BODY_BYTES", min=1),
@@ -513,39 +517,48 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve the pipeline's @champion over REST; follows alias moves without restart."""
+    """Serve the pipeline's @champion over REST; follows alias moves without restart.
+
+    This process is a small supervisor (it polls the registry and materialises the champion's
+    package); `--workers` lean processes answer the requests (see components/serving_supervisor.py).
+    """
     if unknown_category not in ("ignore", "error"):
         err.print(f"[red]error:[/red] --unknown-category must be ignore or error, not {unknown_category!r}")
         raise typer.Exit(EXIT_ERROR)
     settings = load_settings()
-    _prepare_environment(settings)
-    from components.prediction_log import PredictionLog
-    from components.registry import Registry
-    from components.serving import create_app
-    from components.serving import serve as run_server
+    from components.serving_supervisor import ChampionCache, Supervisor, WorkerOptions, cache_root, champion_state
+    from components.serving_worker import listening_socket
 
-    registry = Registry(settings)
-    cache = Path(tempfile.mkdtemp(prefix=f"deepgate-serve-{pipeline}-"))
-    loader = champion_loader(registry, pipeline, cache)
-    log = None
+    try:  # bound here, before anything slow: a port in use fails at once, with its reason
+        sock = listening_socket(host, port)
+    except OSError as error:
+        err.print(f"[red]error:[/red] cannot listen on {host}:{port}: {error.strerror or error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    log_path = None
     if log_predictions > 0:
-        path = prediction_log or settings.home / ".deepgate" / "predictions" / f"{pipeline}.sqlite"
-        log = PredictionLog(path, log_predictions)
+        log_path = prediction_log or settings.home / ".deepgate" / "predictions" / f"{pipeline}.sqlite"
+    options = WorkerOptions(pipeline, max_body_bytes, unknown_category, log_predictions, log_path)
+    cache = ChampionCache(cache_root(settings.home, pipeline, settings.registry_uri))
+    registry: list[Any] = []
+
+    def connect() -> None:
+        # MLflow is imported here, after the workers started: it costs seconds, they do not wait.
+        _prepare_environment(settings)
+        from components.registry import Registry
+
+        registry.append(Registry(settings))
+
+    supervisor = Supervisor(sock, options, workers, cache, lambda: champion_state(registry[0], pipeline, cache))
     console.print(
-        f"serving {pipeline}@champion on http://{host}:{port} (docs: /docs, metrics: /metrics); checking for a new "
-        f"champion every {poll:g}s"
-        + (f"; logging {log_predictions:.0%} of inputs to {log.path}" if log is not None else ""),
+        f"serving {pipeline}@champion on http://{host}:{port} with {workers} worker(s) (docs: /docs, metrics: "
+        f"/metrics); checking for a new champion every {poll:g}s"
+        + (f"; logging {log_predictions:.0%} of inputs to {log_path}" if log_path is not None else ""),
         highlight=False,
     )
-    service = create_app(
-        loader,
-        pipeline=pipeline,
-        poll_seconds=poll,
-        max_body_bytes=max_body_bytes,
-        unknown_category=unknown_category,  # type: ignore[arg-type]  # checked above
-        prediction_log=log,
-    )
-    run_server(service, host=host, port=port)
+    code = supervisor.run(poll, before_first_check=connect)
+    sock.close()
+    if code != 0:
+        raise typer.Exit(EXIT_ERROR)
 
 
 @app.command()
@@ -636,42 +649,28 @@ def train_worker(
     console.print(f"took part in {fits} fit(s)", highlight=False)
 
 
-def _iso_utc(ms: int | None) -> str | None:
-    import datetime as dt
-
-    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
-
-
 def champion_loader(registry: Any, pipeline: str, cache: Path) -> Any:
-    """A loader for the serving app: the current @champion, downloaded once per version."""
-    from components.predictor import Predictor
-    from components.serving import LoadedModel
+    """A loader for the serving app: the current @champion, in one process.
 
-    loaded: dict[str, LoadedModel] = {}
+    The same steps as `deepgate serve`'s supervisor and workers (resolve, materialise into the
+    cache, point a state file at it, load it lean), without the separate processes: for tests
+    and for embedding the app in another ASGI server.
+    """
+    from components.serving_supervisor import ChampionCache, champion_state
+    from components.serving_worker import state_loader, write_state
 
-    def load() -> LoadedModel | None:
-        info = registry.alias_version(pipeline, names.CHAMPION)
-        if info is None:
-            return None
-        if info.version not in loaded:
-            package = registry.copy_package(pipeline, info.version, cache / f"v{info.version}")
-            for old in loaded:  # its weights are in memory already; the files are not needed
-                shutil.rmtree(cache / f"v{old}", ignore_errors=True)
-            loaded.clear()
-            loaded[info.version] = LoadedModel(
-                info.version,
-                Predictor.load(package),
-                {
-                    "pipeline": pipeline,
-                    "alias": names.CHAMPION,
-                    "data_version": info.tags.get(names.TAG_DATA_VERSION),
-                    "git_commit": info.tags.get(names.TAG_GIT_COMMIT),
-                    "registered_at_ms": info.created_ms,
-                    # The version is registered when its training run ends.
-                    "trained_at": _iso_utc(info.created_ms),
-                },
-            )
-        return loaded[info.version]
+    packages = ChampionCache(cache)
+    state_file = cache / "state.json"
+    follow = state_loader(state_file)
+
+    def load() -> Any:
+        state = champion_state(registry, pipeline, packages)
+        if state is not None:
+            write_state(state_file, state["version"], Path(state["package"]), state["info"])
+        model = follow()
+        if model is not None:  # loaded into memory: older packages' files are not needed
+            packages.prune([model.version])
+        return model
 
     return load
 
