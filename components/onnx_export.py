@@ -136,6 +136,10 @@ class OnnxNetwork:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        if threads == 1:
+            # One thread: no pool whose idle threads spin-wait for the next run (they would
+            # take CPU from the serving worker's own thread on a shared or pinned core).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -222,7 +222,14 @@ class Predictor:
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], backend: Backend = "auto", *, lazy_net: bool = False) -> Predictor:
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        backend: Backend = "auto",
+        *,
+        lazy_net: bool = False,
+        onnx_threads: int = 0,
+    ) -> Predictor:
         """Read a package written by :meth:`save`, on CPU, in eval mode.
 
         Args:
@@ -232,6 +239,7 @@ class Predictor:
             lazy_net: When ONNX Runtime answers, leave the torch network unbuilt until `.net`
                 is used (then a bad weights file raises there): the serving worker never
                 imports torch. Ignored when torch answers.
+            onnx_threads: ONNX Runtime's intra-op threads; 0 lets it choose (one per core).
 
         Raises:
             ModelPackageError: A file is missing or corrupt, the format is unknown, or the
@@ -244,7 +252,7 @@ class Predictor:
         except (KeyError, TypeError, ValueError) as error:
             raise ModelPackageError(f"{path / SPEC_FILE} describes an invalid model: {error}") from None
         net = None if lazy_net else _build_net(path, spec)
-        onnx = _onnx_network(path, backend)
+        onnx = _onnx_network(path, backend, onnx_threads)
         net_loader = None
         if net is None:
             if onnx is None:  # torch answers: it needs the network now
@@ -284,7 +292,7 @@ def _build_net(path: Path, spec: Mapping[str, Any]) -> nn.Module:
     return net
 
 
-def _onnx_network(path: Path, backend: str) -> Callable[[np.ndarray], np.ndarray] | None:
+def _onnx_network(path: Path, backend: str, threads: int = 0) -> Callable[[np.ndarray], np.ndarray] | None:
     """The ONNX Runtime network for `backend`, or None for torch."""
     if backend not in ("onnx", "torch", "auto"):
         raise ValueError(f"unknown backend {backend!r}; use onnx, torch or auto")
@@ -296,7 +304,7 @@ def _onnx_network(path: Path, backend: str) -> Callable[[np.ndarray], np.ndarray
     from components.onnx_export import OnnxNetwork
 
     try:
-        return OnnxNetwork(onnx_path)
+        return OnnxNetwork(onnx_path, threads=threads)
     except Exception as error:  # onnxruntime raises its own error types for bad graphs
         raise ModelPackageError(f"{onnx_path} is corrupt or not an ONNX model: {error}") from None
 

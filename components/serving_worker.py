@@ -44,6 +44,9 @@ from components.serving import MAX_BODY_BYTES, MAX_ROWS, LoadedModel, create_app
 log = logging.getLogger(__name__)
 
 STATE_POLL_SECONDS = 0.2  # one stat() per poll: a swap or the first model shows up within this
+# One ONNX Runtime thread per worker: a request is one row or a small batch (microseconds of
+# math), where a thread pool costs more than it brings; more cores mean more --workers.
+ONNX_THREADS = 1
 
 
 def write_state(path: Path, version: str, package: Path, info: Mapping[str, Any]) -> None:
@@ -94,7 +97,12 @@ def state_loader(path: Path, backend: str = "auto") -> Callable[[], LoadedModel 
             state = read_state(path)
             current: LoadedModel | None = seen["model"]
             if state is not None and (current is None or current.version != str(state["version"])):
-                predictor = Predictor.load(state["package"], backend=backend, lazy_net=True)  # type: ignore[arg-type]
+                predictor = Predictor.load(
+                    state["package"],
+                    backend=backend,  # type: ignore[arg-type]
+                    lazy_net=True,
+                    onnx_threads=ONNX_THREADS,
+                )
                 seen["model"] = LoadedModel(str(state["version"]), predictor, dict(state.get("info") or {}))
             return seen["model"]  # type: ignore[no-any-return]
 
@@ -158,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.package is not None:
         # Loaded before serving: a package that does not load ends the process at once, with
         # the reason on stderr, instead of a server that is never ready.
-        predictor = Predictor.load(args.package, backend=args.backend, lazy_net=True)
+        predictor = Predictor.load(args.package, backend=args.backend, lazy_net=True, onnx_threads=ONNX_THREADS)
         fixed = LoadedModel(args.version, predictor, {"pipeline": args.pipeline})
         loader: Callable[[], LoadedModel | None] = lambda: fixed  # noqa: E731
     else:
