@@ -23,7 +23,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Route
 
 from components.features import InputError
 from components.prediction_log import PredictionLog
@@ -314,14 +313,33 @@ def create_app(
             prediction_log.record(served.model.version, batch, answer["predictions"], probabilities)
         return JSONResponse(answer)
 
-    # FastAPI's route documents /predict (OpenAPI); a plain starlette route placed first answers
-    # it, skipping FastAPI's per-request dependency resolution, which cost more than scoring a row.
+    # FastAPI's route documents /predict (the OpenAPI page); `_FastPredict` answers it.
     app.post("/predict", responses=ERROR_RESPONSES)(predict)
-    app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
 
     routes = {route.path for route in app.routes if isinstance(route, APIRoute)} | {"/docs", "/openapi.json"}
-    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=max_body_bytes, routes=routes)
+    app.add_middleware(_FastPredict, handler=predict)
+    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=max_body_bytes, routes=routes)  # outermost
     return app
+
+
+class _FastPredict:
+    """Raw ASGI: `POST /predict` goes straight to its handler, past the router and FastAPI's layers.
+
+    Routing, FastAPI's dependency resolution and starlette's exception wrappers cost more than
+    validating and scoring one row; the same handler answers, the guard (size limit, metrics)
+    still runs in front of it, and every other request takes the app's normal path.
+    """
+
+    def __init__(self, app: Any, handler: Callable[[Request], Any]) -> None:
+        self.app = app
+        self.handler = handler
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/predict":
+            response = await self.handler(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _openapi(app: FastAPI, holder: ModelHolder) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Processes::
 The supervisor materialises each champion version once into a cache folder
 (`<home>/.deepgate/serving/<pipeline>-<registry hash>/v<version>`: downloaded beside, then
 renamed, so a folder that exists is complete) and points the workers at it by rewriting a
-small state file (components/serving_worker.py); each worker loads the new package beside the
+small state file (components/serving_state.py); each worker loads the new package beside the
 old one and swaps atomically, so no request fails across a promotion or a rollback.
 
 Restart: the cache also remembers the champion last served (`champion.json`). A restarted
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from components import names
-from components.serving_worker import read_state, write_state
+from components.serving_state import read_state, write_state
 
 log = logging.getLogger(__name__)
 

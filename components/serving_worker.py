@@ -9,13 +9,10 @@ those of training's code path, bit for bit. A package without `model.onnx` still
 loads torch then, and only then.
 
 The worker never talks to the registry. It follows a small JSON *state file* that the
-supervisor writes atomically (write, then rename)::
-
-    {"version": "7", "package": "/cache/.../v7", "info": {"pipeline": ..., "alias": ...}}
-
-Each poll is one `stat`; when the file changes, the named package is loaded beside the one
-being served and swapped in as one object (components/serving.py's ModelHolder), so no request
-fails or mixes versions across a swap. Until the file exists, /ready answers 503.
+supervisor writes atomically (write, then rename; components/serving_state.py). Each poll is
+one `stat`; when the file changes, the named package is loaded beside the one being served and
+swapped in as one object (components/serving.py's ModelHolder), so no request fails or mixes
+versions across a swap. Until the file exists, /ready answers 503.
 
 Entry point (started by the supervisor, which binds the socket and passes it on, or by the
 pre-promotion serving check, components/serving_check.py, on one package folder)::
@@ -27,19 +24,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
+import gc
 import logging
 import os
 import socket
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from components.prediction_log import PredictionLog
 from components.predictor import Predictor
 from components.serving import MAX_BODY_BYTES, MAX_ROWS, LoadedModel, create_app
+from components.serving_state import listening_socket, read_state
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +46,6 @@ STATE_POLL_SECONDS = 0.2  # one stat() per poll: a swap or the first model shows
 # One ONNX Runtime thread per worker: a request is one row or a small batch (microseconds of
 # math), where a thread pool costs more than it brings; more cores mean more --workers.
 ONNX_THREADS = 1
-
-
-def write_state(path: Path, version: str, package: Path, info: Mapping[str, Any]) -> None:
-    """Point the workers at a package: written beside, then renamed, so no reader sees half a file."""
-    text = json.dumps({"version": str(version), "package": str(package), "info": dict(info)}, sort_keys=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def read_state(path: Path) -> dict[str, Any] | None:
-    """The state file's content, or None when it does not exist (yet).
-
-    Raises:
-        ValueError: The file is not a state file (the poller logs it and keeps the current model).
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    state = json.loads(text)
-    if not isinstance(state, dict) or not {"version", "package"} <= set(state):
-        raise ValueError(f"{path} is not a serving state file (needs version and package)")
-    return state
 
 
 def state_loader(path: Path, backend: str = "auto") -> Callable[[], LoadedModel | None]:
@@ -132,25 +107,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket (IPv4 or IPv6 by `host`); raises OSError when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must say TCP: asyncio turns TCP_NODELAY on for accepted connections only when the
-    # listening socket's family is INET/INET6 *and* its proto is IPPROTO_TCP. A socket made
-    # with proto 0 (as uvicorn's multi-worker mode does) leaves Nagle on, and each answer then
-    # waits ~40 ms for the client's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart without waiting out TIME_WAIT
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve until SIGTERM/SIGINT (uvicorn's graceful shutdown flushes the prediction log)."""
     args = parse_args(argv)
@@ -180,7 +136,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         unknown_category=args.unknown_category,
         prediction_log=prediction_log,
     )
-    asyncio.run(_serve(app, sock, args.notify_fd))
+    run: Callable[[Any], Any] = asyncio.run
+    with contextlib.suppress(ImportError):  # uvloop when installed: uvicorn.run would pick it too
+        from uvloop import run
+    run(_serve(app, sock, args.notify_fd))
 
 
 async def _serve(app: Any, sock: socket.socket, notify_fd: int | None) -> None:
@@ -189,12 +148,14 @@ async def _serve(app: Any, sock: socket.socket, notify_fd: int | None) -> None:
     config = uvicorn.Config(app, access_log=False, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    if notify_fd is not None:
-        while not server.started and not task.done():
-            await asyncio.sleep(0.005)
-        if server.started:
-            with os.fdopen(notify_fd, "w") as notify:  # the supervisor waits on this pipe
-                notify.write("listening\n")
+    while not server.started and not task.done():
+        await asyncio.sleep(0.005)
+    # Everything imported and built so far lives as long as the process: out of the cyclic
+    # collector's sight, a full collection no longer walks it (pauses of tens of ms at p99).
+    gc.freeze()
+    if notify_fd is not None and server.started:
+        with os.fdopen(notify_fd, "w") as notify:  # the supervisor waits on this pipe
+            notify.write("listening\n")
     await task
     if not server.started:  # uvicorn logs why; exit non-zero so the supervisor sees the failure
         sys.exit(3)

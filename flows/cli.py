@@ -526,8 +526,8 @@ def serve(
         err.print(f"[red]error:[/red] --unknown-category must be ignore or error, not {unknown_category!r}")
         raise typer.Exit(EXIT_ERROR)
     settings = load_settings()
+    from components.serving_state import listening_socket
     from components.serving_supervisor import ChampionCache, Supervisor, WorkerOptions, cache_root, champion_state
-    from components.serving_worker import listening_socket
 
     try:  # bound here, before anything slow: a port in use fails at once, with its reason
         sock = listening_socket(host, port)
@@ -656,8 +656,9 @@ def champion_loader(registry: Any, pipeline: str, cache: Path) -> Any:
     cache, point a state file at it, load it lean), without the separate processes: for tests
     and for embedding the app in another ASGI server.
     """
+    from components.serving_state import write_state
     from components.serving_supervisor import ChampionCache, champion_state
-    from components.serving_worker import state_loader, write_state
+    from components.serving_worker import state_loader
 
     packages = ChampionCache(cache)
     state_file = cache / "state.json"
