@@ -9,30 +9,44 @@ Run (from the project root; needs `wrk`, from Debian: `apt-get install -y wrk`, 
 1. Workspace: a temporary folder (or `--home DIR`) with a copy of params.yaml. Unless it already
    has an arrests champion, `deepgate run arrests --set train.max_epochs=1` trains and
    registers one (a subprocess; about a minute).
-2. Each server in turn, on `models:/deepgate-arrests@champion`, pinned to core 1
-   (`taskset -c 1`, when there are two cores or more): `deepgate serve arrests` (one uvicorn
-   worker), then `mlflow models serve --env-manager local --workers 1` (no network here, so no
-   virtualenv). Start-up is the time from process start until /ready (deepgate) or /health
-   (mlflow, which answers 200 once the model is loaded) answers 200. Both are asked the same
-   rows first, and must give the same probabilities (the same champion, or the run stops).
+2. Servers, each pinned to core 1 (`taskset -c 1`, when there are two cores or more), on
+   `models:/deepgate-arrests@champion`. `deepgate serve arrests` is started twice: first with
+   its package cache emptied (a cold start: the supervisor imports the MLflow client, resolves
+   the alias and downloads the package while the worker starts), stopped, then again with the
+   champion cached (a restart: the worker serves the cached champion at once, the registry is
+   checked right after); the second one is loaded. Then `mlflow models serve --env-manager local
+   --workers 1` (no network here, so no virtualenv). Start-up is the time from process start
+   until /ready (deepgate) or /health (mlflow, which answers 200 once the model is loaded)
+   answers 200, after which the benchmark waits until the server's process tree uses no CPU
+   (deepgate's first registry check after a restart must not overlap the load). Both are asked
+   the same rows first and must give the same probabilities (the same champion, or the run stops).
 3. Load: `wrk` pinned to core 0, one thread, a Lua script that POSTs a JSON body and prints
-   wrk's own latency percentiles: after a 1 s warm-up, single-row requests at 1, 8 and 32
-   connections (`--duration` seconds each), then a 1,000-row batch at 1 connection. deepgate
-   takes `{"rows": [...]}` at /predict, mlflow `{"dataframe_records": [...]}` at /invocations.
-   wrk measures closed-loop latency (each connection waits for its answer), so req/s and
-   latency are those of a saturated server at 8 and 32 connections.
-4. Memory: VmRSS of every process of the server's tree (mlflow's CLI process stays as the
-   parent of its uvicorn worker), after start-up and at the end; "per worker" is the largest
-   single process (the one that holds the model).
-5. Multi-worker check (`--multi-worker N`, default 2; 0 skips it): `mlflow models serve
-   --workers N` at 1 and 32 connections. With more than one uvicorn worker, responses once
-   gained about 40 ms each (TCP_NODELAY left off: Nagle against delayed ACKs); a 1-connection
-   p50 near 40 ms is that stall, and the table flags it.
+   wrk's own latency percentiles: after a 1 s warm-up of each server, single-row requests at 1,
+   8 and 32 connections, then a 1,000-row batch at 1 connection; `--duration` seconds each,
+   `--rounds` times, the two servers alternating (deepgate, mlflow, deepgate, mlflow), so that
+   the load other users put on the machine touches both alike. A case's figures: all its
+   requests over all its seconds, the median p50/p99 of its rounds, the largest max.
+   deepgate takes `{"rows": [...]}` at /predict, mlflow `{"dataframe_records": [...]}` at
+   /invocations. wrk measures closed-loop latency (each connection waits for its answer), so
+   req/s and latency are those of a saturated server at 8 and 32 connections.
+4. Memory: VmRSS of every process of the server's tree after start-up and at the end. "Per
+   worker" is the largest process below the one started: deepgate's worker (the process that
+   answers: numpy, ONNX Runtime, FastAPI; no torch, MLflow or pandas), mlflow's uvicorn child.
+   "Parent" is the process started: deepgate's supervisor (it holds the MLflow client to poll
+   the registry; it answers no request), mlflow's CLI.
+5. Multi-worker check (`--multi-worker N`, default 2; 0 skips it): `deepgate serve --workers N`
+   and `mlflow models serve --workers N` at 1 and 32 connections (still on one core: this checks
+   the per-response stall, not scaling). With more than one uvicorn worker, responses once
+   gained about 40 ms each (TCP_NODELAY left off: Nagle against delayed ACKs; uvicorn's shared
+   socket is made with proto 0, and asyncio turns TCP_NODELAY on only for IPPROTO_TCP sockets);
+   a 1-connection p50 near 40 ms is that stall, and the table flags it.
 
 It prints one table per measurement and the targets of issue #6: single-row throughput at least
-4x mlflow's at 1 and at 32 connections, p99 under 10 ms at 32 connections, ready within 1 s,
-under 150 MB resident per worker. The load average is printed before and after: with 2 cores
-shared with other work the figures move with it.
+4x mlflow's at 1 and at 32 connections, p99 under 10 ms at 32 connections, ready within 1 s
+(after a cold start and after a restart), under 150 MB resident per worker. The load average is
+printed before and after: with 2 cores shared with other work the figures move with it.
+
+LAST_RUN
 """
 
 from __future__ import annotations
@@ -122,6 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--home", type=Path, help="workspace to use (and keep); trains a champion if it has none")
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per case and server")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batch-rows", type=int, default=1000)
     parser.add_argument(
@@ -341,82 +356,123 @@ def wrk(url: str, body_file: Path, connections: int, seconds: int, core: int | N
     return json.loads(line.removeprefix("RESULT "))
 
 
-def measure(
-    name: str,
-    command: list[str],
-    ready_path: str,
-    predict_path: str,
-    wrap: str,
-    cases: list[tuple[str, int, list[dict[str, Any]]]],
-    args: argparse.Namespace,
-    env: dict[str, str],
-    home: Path,
-    port: int,
-    reference: list[list[float]] | None,
-    probe: list[dict[str, Any]],
-    scratch: Path,
-) -> tuple[ServerRun, list[list[float]]]:
-    """Start a server, check its answers, load it with wrk case by case, stop it."""
-    cores = os.cpu_count() or 1
-    server_core, wrk_core = (1, 0) if cores >= 2 else (None, None)
-    base = f"http://127.0.0.1:{port}"
-    server = Server(name, pinned(command, server_core), env, home, base + ready_path)
-    try:
-        startup = server.wait_ready()
-        wait_idle(server.process.pid)
-        rss_start, _ = tree_rss_mb(server.process.pid)
-        answer = post(base + predict_path, {wrap: probe})
+@dataclass
+class Spec:
+    """How to start one server and talk to it."""
+
+    name: str
+    command: list[str]  # "{port}" is replaced by a free port
+    ready_path: str
+    predict_path: str
+    wrap: str  # the body's key: "rows" (deepgate) or "dataframe_records" (mlflow)
+
+
+class Running:
+    """A started server, ready and idle: its process, its figures so far, its URL."""
+
+    def __init__(self, spec: Spec, env: dict[str, str], home: Path) -> None:
+        self.spec = spec
+        port = free_port()
+        self.command = [part.replace("{port}", str(port)) for part in spec.command]
+        self.url = f"http://127.0.0.1:{port}{spec.predict_path}"
+        ready_url = f"http://127.0.0.1:{port}{spec.ready_path}"
+        cores = os.cpu_count() or 1
+        self.server = Server(spec.name, pinned(self.command, 1 if cores >= 2 else None), env, home, ready_url)
+        try:
+            startup = self.server.wait_ready()
+            wait_idle(self.server.process.pid)
+        except BaseException:
+            self.server.stop()
+            raise
+        rss_start, _ = tree_rss_mb(self.server.process.pid)
+        self.run = ServerRun(spec.name, self.command, startup, rss_start, 0.0, 0.0)
+
+    def answer(self, rows: list[dict[str, Any]]) -> list[list[float]]:
+        """The probabilities for `rows`, in class order."""
+        answer = post(self.url, {self.spec.wrap: rows})
         probabilities = answer["probabilities"] if "probabilities" in answer else answer["predictions"]
         if isinstance(probabilities[0], dict):  # mlflow: one {class: probability} object per row
             probabilities = [[row[k] for k in sorted(row)] for row in probabilities]
-        if reference is not None and not np.allclose(probabilities, reference, rtol=0, atol=1e-5):
-            raise RuntimeError(f"{name} answers differently from the first server: not the same champion?")
-        lua = scratch / "post.lua"
-        lua.write_text(LUA)
-        run = ServerRun(name, command, startup, rss_start, 0.0, 0.0)
-        warm = scratch / "warm.json"
-        warm.write_text(json.dumps({wrap: cases[0][2][:1]}))
-        wrk(base + predict_path, warm, 8, 1, wrk_core, lua)
-        for case, connections, rows in cases:
-            body = scratch / f"{case}.json"
-            body.write_text(json.dumps({wrap: rows}))
-            result = wrk(base + predict_path, body, connections, args.duration, wrk_core, lua)
-            seconds = result["duration_us"] / 1e6
-            point = Point(
-                name,
-                case,
-                connections,
-                result["requests"],
-                seconds,
-                result["requests"] / seconds,
-                result["p50_us"] / 1000,
-                result["p99_us"] / 1000,
-                result["max_us"] / 1000,
-                result["socket_errors"] + result["non_2xx"],
-            )
-            run.points.append(point)
-            print(
-                f"  {name:<22} {case:<10} c={connections:<3} {point.rps:9.0f} req/s  p50 {point.p50_ms:7.2f} ms  "
-                f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}",
-                flush=True,
-            )
-        run.rss_end_mb, _ = tree_rss_mb(server.process.pid)
-        run.worker_rss_mb, run.parent_rss_mb = worker_and_parent_rss_mb(server.process.pid)
-        return run, probabilities
-    finally:
-        server.stop()
+        return probabilities  # type: ignore[no-any-return]
+
+    def finish(self) -> ServerRun:
+        """Record the memory at the end and stop the server."""
+        try:
+            self.run.rss_end_mb, _ = tree_rss_mb(self.server.process.pid)
+            self.run.worker_rss_mb, self.run.parent_rss_mb = worker_and_parent_rss_mb(self.server.process.pid)
+        finally:
+            self.server.stop()
+        return self.run
 
 
-def restart_time(command: list[str], env: dict[str, str], home: Path, port: int, ready_path: str) -> float:
-    """Seconds to /ready of a second start, with the champion cached by the first."""
-    cores = os.cpu_count() or 1
-    server = Server(
-        "restart", pinned(command, 1 if cores >= 2 else None), env, home, f"http://127.0.0.1:{port}{ready_path}"
+def load_round(target: Running, case: str, connections: int, body: Path, seconds: int, lua: Path) -> Point:
+    """One wrk run against one server."""
+    wrk_core = 0 if (os.cpu_count() or 1) >= 2 else None
+    result = wrk(target.url, body, connections, seconds, wrk_core, lua)
+    took = result["duration_us"] / 1e6
+    point = Point(
+        target.spec.name,
+        case,
+        connections,
+        result["requests"],
+        took,
+        result["requests"] / took,
+        result["p50_us"] / 1000,
+        result["p99_us"] / 1000,
+        result["max_us"] / 1000,
+        result["socket_errors"] + result["non_2xx"],
     )
-    try:
-        return server.wait_ready()
-    finally:
-        server.stop()
+    print(
+        f"  {target.spec.name:<22} {case:<8} c={connections:<3} {point.rps:9.0f} req/s  p50 {point.p50_ms:7.2f} ms  "
+        f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}",
+        flush=True,
+    )
+    return point
+
+
+def combine(points: list[Point]) -> Point:
+    """Rounds of one case on one server as one point: total requests over total time, median latencies."""
+    first = points[0]
+    requests = sum(p.requests for p in points)
+    seconds = sum(p.seconds for p in points)
+    return Point(
+        first.server,
+        first.case,
+        first.connections,
+        requests,
+        seconds,
+        requests / seconds,
+        float(np.median([p.p50_ms for p in points])),
+        float(np.median([p.p99_ms for p in points])),
+        max(p.max_ms for p in points),
+        sum(p.errors for p in points),
+    )
+
+
+def compare(
+    targets: list[Running],
+    cases: list[tuple[str, int, list[dict[str, Any]]]],
+    args: argparse.Namespace,
+    scratch: Path,
+) -> None:
+    """Load the servers in turn, case by case and round by round (A B A B ...), so that a change
+    in the machine's load between slots touches each server alike; fills each run's points."""
+    lua = scratch / "post.lua"
+    lua.write_text(LUA)
+    wrk_core = 0 if (os.cpu_count() or 1) >= 2 else None
+    for target in targets:  # warm-up: first-call allocations, lazy imports
+        warm = scratch / f"warm-{target.spec.wrap}.json"
+        warm.write_text(json.dumps({target.spec.wrap: cases[0][2][:1]}))
+        wrk(target.url, warm, 8, 1, wrk_core, lua)
+    for case, connections, rows in cases:
+        rounds: dict[str, list[Point]] = {t.spec.name: [] for t in targets}
+        for _ in range(args.rounds):
+            for target in targets:
+                body = scratch / f"{case}-{target.spec.wrap}.json"
+                body.write_text(json.dumps({target.spec.wrap: rows}))
+                rounds[target.spec.name].append(load_round(target, case, connections, body, args.duration, lua))
+        for target in targets:
+            target.run.points.append(combine(rounds[target.spec.name]))
 
 
 # ------------------------------------------------------------------------------ report
@@ -549,69 +605,58 @@ def main(argv: list[str] | None = None) -> int:
         deepgate_cmd = [python, "-m", "flows.cli", "serve", PIPELINE, "--port", "{port}", "--poll", "3600"]
         mlflow_cmd = [python, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local"]
         mlflow_cmd += ["--host", "127.0.0.1", "--port", "{port}"]
+        ours = Spec("deepgate serve", deepgate_cmd, "/ready", "/predict", "rows")
+        theirs = Spec(
+            "mlflow models serve", [*mlflow_cmd, "--workers", "1"], "/health", "/invocations", "dataframe_records"
+        )
         runs: dict[str, ServerRun] = {}
         extra: list[ServerRun] = []
-        reference = None
         with tempfile.TemporaryDirectory() as scratch:
-            plan = [
-                ("deepgate serve", deepgate_cmd, "/ready", "/predict", "rows", cases),
-                (
-                    "mlflow models serve",
-                    [*mlflow_cmd, "--workers", "1"],
-                    "/health",
-                    "/invocations",
-                    "dataframe_records",
-                    cases,
-                ),
-            ]
+            # deepgate: a cold start (empty package cache), stopped; then a restart (champion
+            # cached), which is the one loaded. Start-ups never overlap another server's.
+            print(f"{ours.name}: {' '.join(deepgate_cmd[1:]).replace('{port}', 'PORT')}", flush=True)
+            cold = Running(ours, env, home)
+            cold.server.stop()
+            started = [Running(ours, env, home)]
+            first = started[0].run
+            first.startup_s, first.restart_s = cold.run.startup_s, first.startup_s
+            print(f"  ready {first.startup_s:.2f} s after a cold start, {first.restart_s:.2f} s after a restart")
+            try:
+                print(f"{theirs.name}: {' '.join(theirs.command[1:]).replace('{port}', 'PORT')}", flush=True)
+                started.append(Running(theirs, env, home))
+                reference = started[0].answer(batch[:5])
+                if not np.allclose(started[1].answer(batch[:5]), reference, rtol=0, atol=1e-5):
+                    raise RuntimeError("the two servers answer differently: not the same champion?")
+                compare(started, cases, args, Path(scratch))
+            finally:
+                for target in started:
+                    runs[target.spec.name] = target.finish()
             if args.multi_worker > 1:
-                multi = [("single", c, single) for c in sorted({1, top})]
                 workers = str(args.multi_worker)
-                plan += [
-                    (
+                pair = [
+                    Spec(
                         f"deepgate, {workers} workers",
                         [*deepgate_cmd, "--workers", workers],
                         "/ready",
                         "/predict",
                         "rows",
-                        multi,
                     ),
-                    (
+                    Spec(
                         f"mlflow, {workers} workers",
                         [*mlflow_cmd, "--workers", workers],
                         "/health",
                         "/invocations",
                         "dataframe_records",
-                        multi,
                     ),
                 ]
-            for name, command, ready, predict, wrap, todo in plan:
-                port = free_port()
-                concrete = [part.replace("{port}", str(port)) for part in command]
-                print(f"{name}: {' '.join(concrete[1:])}", flush=True)
-                run, answer = measure(
-                    name,
-                    concrete,
-                    ready,
-                    predict,
-                    wrap,
-                    todo,
-                    args,
-                    env,
-                    home,
-                    port,
-                    reference,
-                    batch[:5],
-                    Path(scratch),
-                )
-                reference = reference or answer
-                if name == "deepgate serve":
-                    run.restart_s = restart_time(concrete, env, home, port, ready)
-                    print(f"  deepgate serve restart (champion cached): ready in {run.restart_s:.2f} s", flush=True)
-                if len(runs) < 2:
-                    runs[name] = run
-                else:
-                    extra.append(run)
+                started = []
+                try:
+                    for spec in pair:
+                        print(f"{spec.name}: {' '.join(spec.command[1:]).replace('{port}', 'PORT')}", flush=True)
+                        started.append(Running(spec, env, home))
+                    compare(started, [("single", c, single) for c in sorted({1, top})], args, Path(scratch))
+                finally:
+                    extra += [target.finish() for target in started]
         by = ratios(runs)
         meta = {
             "version": version,
