@@ -17,15 +17,19 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from components import names
-from components.config import ConfigError, PipelineConfig, bundled_pipelines, load_pipeline
 from components.settings import Settings, load_settings
+
+# components.config (YAML + the pipeline models) is imported by the commands that read a
+# pipeline, not here: it costs a quarter of a second that `deepgate serve` does not need.
+if TYPE_CHECKING:
+    from components.config import PipelineConfig
 
 app = typer.Typer(
     help="deepgate: gated retraining of deep-learning classifiers.",
@@ -76,6 +80,8 @@ def _configs(
     settings: Settings,
     override_files: list[Path] | None = None,
 ) -> list[PipelineConfig]:
+    from components.config import ConfigError, load_pipeline
+
     files = list(override_files or [])
     if config is not None:
         if pipelines:
@@ -113,6 +119,8 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
 ) -> None:
     """Retrain pipelines through every gate, and print what happened."""
+    from components.config import ConfigError, bundled_pipelines
+
     settings = load_settings()
     try:
         names_ = sorted(bundled_pipelines(settings.params_path)) if all_ else list(pipelines or [])
@@ -211,6 +219,8 @@ def tune(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Search hyperparameters with Optuna (scored on the validation split) and write the best as an override file."""
+    from components.config import ConfigError
+
     settings = load_settings()
     try:
         [cfg] = _configs([pipeline] if pipeline else [], config, list(set_ or []), settings, overrides)
@@ -287,6 +297,7 @@ def _print_tuning(summary: Any, cfg: PipelineConfig, settings: Settings, config_
 @app.command()
 def ingest(pipeline: Annotated[str, typer.Argument(help="A bundled pipeline (see params.yaml).")]) -> None:
     """Write the pipeline's canonical dataset under data/ (the `ingest` stage of dvc.yaml)."""
+    from components.config import ConfigError, load_pipeline
     from components.dataset import DataLoadError
     from components.dataset import ingest as dataset_ingest
 
@@ -308,6 +319,8 @@ def suite(
     ] = None,
 ) -> None:
     """(Re)build the pipeline's expectation suite, expectations/PIPELINE.json, from reference data."""
+    from components.config import ConfigError, load_pipeline
+
     settings = load_settings()
     _prepare_environment(settings)
     from components.dataset import DataLoadError, load_source
@@ -347,6 +360,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Registered versions with aliases, key metrics, gate verdicts and data version."""
+    from components.config import bundled_pipelines
+
     settings = load_settings()
     _prepare_environment(settings)
     from components.registry import Registry
@@ -729,6 +744,8 @@ def schedule(
     Each retraining deployment also starts on the events `deepgate.dataset.updated` and
     `deepgate.drift.detected` that name its pipeline; the monitor deployments emit the latter.
     """
+    from components.config import ConfigError, bundled_pipelines, load_pipeline
+
     settings = load_settings()
     _prepare_environment(settings)
     from prefect import serve as prefect_serve
@@ -784,6 +801,8 @@ def monitor(
     Exit 0 when stable (or too few rows, or no champion: the report says which), 3 when drift
     was found (the event `deepgate.drift.detected` then starts retraining where deployments are served).
     """
+    from components.config import ConfigError
+
     settings = load_settings()
     try:
         [chosen] = _configs([pipeline] if pipeline else [], config, [], settings)
