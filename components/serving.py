@@ -373,10 +373,3 @@ def _openapi(app: FastAPI, holder: ModelHolder) -> dict[str, Any]:
     operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
     app.state.openapi_cache = (version, schema)
     return schema
-
-
-def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the app with uvicorn: one worker (the model lives in this process), no access log."""
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, workers=1, access_log=False, log_level="warning")

@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -553,7 +554,16 @@ def serve(
     if log_predictions > 0:
         log_path = prediction_log or settings.home / ".deepgate" / "predictions" / f"{pipeline}.sqlite"
     options = WorkerOptions(pipeline, max_body_bytes, unknown_category, log_predictions, log_path)
-    cache = ChampionCache(cache_root(settings.home, pipeline, settings.registry_uri))
+    root = cache_root(settings.home, pipeline, settings.registry_uri)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:  # a read-only workspace: a private cache, and no fast restart
+        err.print(f"warning: {root} is not writable; caching the champion in a temporary folder", highlight=False)
+        root = Path(tempfile.mkdtemp(prefix=f"deepgate-serve-{pipeline}-"))
+    cache = ChampionCache(root)
     registry: list[Any] = []
 
     def connect() -> None:
