@@ -46,7 +46,37 @@ It prints one table per measurement and the targets of issue #6: single-row thro
 (after a cold start and after a restart), under 150 MB resident per worker. The load average is
 printed before and after: with 2 cores shared with other work the figures move with it.
 
-LAST_RUN
+Last runs (2 cores shared with three other engineers' work; checkout of branch serve-lean; the
+same arrests champion; `--rounds 2 --duration 5`, then `--rounds 3 --duration 4`). req/s, with
+p50 / p99 ms in brackets; ratio = deepgate / mlflow:
+
+| | deepgate serve | mlflow models serve | ratio | deepgate serve | mlflow models serve | ratio |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |
+| load average before -> after | 3.4 -> 5.6 | | | 4.0 -> 5.2 | | |
+| single row, 1 connection | 1,053 (0.59 / 18) | 125 (7.9 / 22) | 8.4x | 1,257 (0.47 / 7.3) | 147 (7.1 / 15) | 8.6x |
+| single row, 8 connections | 1,183 (6.3 / 34) | 165 (46 / 127) | 7.2x | 1,423 (4.3 / 27) | 217 (35 / 101) | 6.6x |
+| single row, 32 connections | 2,054 (14 / 93) | 162 (182 / 425) | 12.6x | 1,934 (12 / 82) | 181 (175 / 455) | 10.7x |
+| 1,000-row batch, 1 connection | 39 (23 / 59) | 14 (71 / 136) | 2.9x | 53 (19 / 62) | 17 (69 / 108) | 3.1x |
+| ready after a cold start (empty cache) | 5.8 s | 10.9 s | | 8.3 s | 11.2 s | |
+| ready after a restart (champion cached) | 1.2 s | | | 1.9 s | | |
+| resident MB per worker / parent | 104 / 233 | 424 / 254 | 0.24x | 104 / 233 | 424 / 254 | 0.24x |
+| 2 workers, 1 connection | 1,047 (0.60 / 34) | 139 (6.6 / 32) | | 954 (0.54 / 9.6) | 144 (7.5 / 112) | |
+| 2 workers, 32 connections | 2,165 (13 / 88) | 164 (153 / 1,373) | | 1,922 (16 / 64) | 170 (164 / 590) | |
+
+Per worker is the process that answers: 104 MB with no torch, MLflow or pandas (571 MB before,
+in one process that imported all three); deepgate's supervisor adds 233 MB (the MLflow client it
+polls the registry with), so one worker's tree is 337 MB against mlflow's 678 MB. mlflow's own
+single-row rate moves with the load far more than deepgate's: alone on the machine a few minutes
+later it answered 220-340 req/s at 1 connection (so about 4x, not 8x, on that basis). No 40 ms
+stall with 2 workers for either server (p50 about 0.5 ms and 7 ms at 1 connection): deepgate's
+socket is IPPROTO_TCP; for mlflow most likely uvloop (now installed, picked by uvicorn) turning
+TCP_NODELAY on (not verified further). What is missed: p99 under 10 ms at 32 connections (a
+closed-loop load on one core makes the median about 32 / req/s, so it needs well over 3,200
+req/s, and other work on the core adds the tail); ready within 1 s after a cold start (the
+supervisor imports the MLflow client, opens the store, resolves the alias and downloads the
+package: 5-8 s here) and, on this loaded machine, after a restart too (about 1 s of CPU on the
+one pinned core: 0.25 s for the CLI (typer, rich) and 0.75 s for the worker's imports, FastAPI's
+0.35 s the largest; 1.2-1.9 s of wall time at load 4-6).
 """
 
 from __future__ import annotations
