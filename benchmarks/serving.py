@@ -9,30 +9,74 @@ Run (from the project root; needs `wrk`, from Debian: `apt-get install -y wrk`, 
 1. Workspace: a temporary folder (or `--home DIR`) with a copy of params.yaml. Unless it already
    has an arrests champion, `deepgate run arrests --set train.max_epochs=1` trains and
    registers one (a subprocess; about a minute).
-2. Each server in turn, on `models:/deepgate-arrests@champion`, pinned to core 1
-   (`taskset -c 1`, when there are two cores or more): `deepgate serve arrests` (one uvicorn
-   worker), then `mlflow models serve --env-manager local --workers 1` (no network here, so no
-   virtualenv). Start-up is the time from process start until /ready (deepgate) or /health
-   (mlflow, which answers 200 once the model is loaded) answers 200. Both are asked the same
-   rows first, and must give the same probabilities (the same champion, or the run stops).
+2. Servers, each pinned to core 1 (`taskset -c 1`, when there are two cores or more), on
+   `models:/deepgate-arrests@champion`. `deepgate serve arrests` is started twice: first with
+   its package cache emptied (a cold start: the supervisor imports the MLflow client, resolves
+   the alias and downloads the package while the worker starts), stopped, then again with the
+   champion cached (a restart: the worker serves the cached champion at once, the registry is
+   checked right after); the second one is loaded. Then `mlflow models serve --env-manager local
+   --workers 1` (no network here, so no virtualenv). Start-up is the time from process start
+   until /ready (deepgate) or /health (mlflow, which answers 200 once the model is loaded)
+   answers 200, after which the benchmark waits until the server's process tree uses no CPU
+   (deepgate's first registry check after a restart must not overlap the load). Both are asked
+   the same rows first and must give the same probabilities (the same champion, or the run stops).
 3. Load: `wrk` pinned to core 0, one thread, a Lua script that POSTs a JSON body and prints
-   wrk's own latency percentiles: after a 1 s warm-up, single-row requests at 1, 8 and 32
-   connections (`--duration` seconds each), then a 1,000-row batch at 1 connection. deepgate
-   takes `{"rows": [...]}` at /predict, mlflow `{"dataframe_records": [...]}` at /invocations.
-   wrk measures closed-loop latency (each connection waits for its answer), so req/s and
-   latency are those of a saturated server at 8 and 32 connections.
-4. Memory: VmRSS of every process of the server's tree (mlflow's CLI process stays as the
-   parent of its uvicorn worker), after start-up and at the end; "per worker" is the largest
-   single process (the one that holds the model).
-5. Multi-worker check (`--multi-worker N`, default 2; 0 skips it): `mlflow models serve
-   --workers N` at 1 and 32 connections. With more than one uvicorn worker, responses once
-   gained about 40 ms each (TCP_NODELAY left off: Nagle against delayed ACKs); a 1-connection
-   p50 near 40 ms is that stall, and the table flags it.
+   wrk's own latency percentiles: after a 1 s warm-up of each server, single-row requests at 1,
+   8 and 32 connections, then a 1,000-row batch at 1 connection; `--duration` seconds each,
+   `--rounds` times, the two servers alternating (deepgate, mlflow, deepgate, mlflow), so that
+   the load other users put on the machine touches both alike. A case's figures: all its
+   requests over all its seconds, the median p50/p99 of its rounds, the largest max.
+   deepgate takes `{"rows": [...]}` at /predict, mlflow `{"dataframe_records": [...]}` at
+   /invocations. wrk measures closed-loop latency (each connection waits for its answer), so
+   req/s and latency are those of a saturated server at 8 and 32 connections.
+4. Memory: VmRSS of every process of the server's tree after start-up and at the end. "Per
+   worker" is the largest process below the one started: deepgate's worker (the process that
+   answers: numpy, ONNX Runtime, FastAPI; no torch, MLflow or pandas), mlflow's uvicorn child.
+   "Parent" is the process started: deepgate's supervisor (it holds the MLflow client to poll
+   the registry; it answers no request), mlflow's CLI.
+5. Multi-worker check (`--multi-worker N`, default 2; 0 skips it): `deepgate serve --workers N`
+   and `mlflow models serve --workers N` at 1 and 32 connections (still on one core: this checks
+   the per-response stall, not scaling). With more than one uvicorn worker, responses once
+   gained about 40 ms each (TCP_NODELAY left off: Nagle against delayed ACKs; uvicorn's shared
+   socket is made with proto 0, and asyncio turns TCP_NODELAY on only for IPPROTO_TCP sockets);
+   a 1-connection p50 near 40 ms is that stall, and the table flags it.
 
 It prints one table per measurement and the targets of issue #6: single-row throughput at least
-4x mlflow's at 1 and at 32 connections, p99 under 10 ms at 32 connections, ready within 1 s,
-under 150 MB resident per worker. The load average is printed before and after: with 2 cores
-shared with other work the figures move with it.
+4x mlflow's at 1 and at 32 connections, p99 under 10 ms at 32 connections, ready within 1 s
+(after a cold start and after a restart), under 150 MB resident per worker. The load average is
+printed before and after: with 2 cores shared with other work the figures move with it.
+
+Last runs (2 cores shared with three other engineers' work; checkout of branch serve-lean; the
+same arrests champion; `--rounds 2 --duration 5`, then `--rounds 3 --duration 4`). req/s, with
+p50 / p99 ms in brackets; ratio = deepgate / mlflow:
+
+| | deepgate serve | mlflow models serve | ratio | deepgate serve | mlflow models serve | ratio |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |
+| load average before -> after | 3.4 -> 5.6 | | | 4.0 -> 5.2 | | |
+| single row, 1 connection | 1,053 (0.59 / 18) | 125 (7.9 / 22) | 8.4x | 1,257 (0.47 / 7.3) | 147 (7.1 / 15) | 8.6x |
+| single row, 8 connections | 1,183 (6.3 / 34) | 165 (46 / 127) | 7.2x | 1,423 (4.3 / 27) | 217 (35 / 101) | 6.6x |
+| single row, 32 connections | 2,054 (14 / 93) | 162 (182 / 425) | 12.6x | 1,934 (12 / 82) | 181 (175 / 455) | 10.7x |
+| 1,000-row batch, 1 connection | 39 (23 / 59) | 14 (71 / 136) | 2.9x | 53 (19 / 62) | 17 (69 / 108) | 3.1x |
+| ready after a cold start (empty cache) | 5.8 s | 10.9 s | | 8.3 s | 11.2 s | |
+| ready after a restart (champion cached) | 1.2 s | | | 1.9 s | | |
+| resident MB per worker / parent | 104 / 233 | 424 / 254 | 0.24x | 104 / 233 | 424 / 254 | 0.24x |
+| 2 workers, 1 connection | 1,047 (0.60 / 34) | 139 (6.6 / 32) | | 954 (0.54 / 9.6) | 144 (7.5 / 112) | |
+| 2 workers, 32 connections | 2,165 (13 / 88) | 164 (153 / 1,373) | | 1,922 (16 / 64) | 170 (164 / 590) | |
+
+Per worker is the process that answers: 104 MB with no torch, MLflow or pandas (571 MB before,
+in one process that imported all three); deepgate's supervisor adds 233 MB (the MLflow client it
+polls the registry with), so one worker's tree is 337 MB against mlflow's 678 MB. mlflow's own
+single-row rate moves with the load far more than deepgate's: alone on the machine a few minutes
+later it answered 220-340 req/s at 1 connection (so about 4x, not 8x, on that basis). No 40 ms
+stall with 2 workers for either server (p50 about 0.5 ms and 7 ms at 1 connection): deepgate's
+socket is IPPROTO_TCP; for mlflow most likely uvloop (now installed, picked by uvicorn) turning
+TCP_NODELAY on (not verified further). What is missed: p99 under 10 ms at 32 connections (a
+closed-loop load on one core makes the median about 32 / req/s, so it needs well over 3,200
+req/s, and other work on the core adds the tail); ready within 1 s after a cold start (the
+supervisor imports the MLflow client, opens the store, resolves the alias and downloads the
+package: 5-8 s here) and, on this loaded machine, after a restart too (about 1 s of CPU on the
+one pinned core: 0.25 s for the CLI (typer, rich) and 0.75 s for the worker's imports, FastAPI's
+0.35 s the largest; 1.2-1.9 s of wall time at load 4-6).
 """
 
 from __future__ import annotations
@@ -96,7 +140,13 @@ class Point:
 
 @dataclass
 class ServerRun:
-    """Everything measured for one server."""
+    """Everything measured for one server.
+
+    `worker_rss_mb` is the largest process under the one started (the process that holds the
+    model and answers: deepgate's worker, mlflow's uvicorn child), or that process itself when
+    it has no children; `parent_rss_mb` is the process started (deepgate's supervisor, mlflow's
+    CLI). `restart_s`: deepgate only, start-up with the champion already in its cache.
+    """
 
     name: str
     command: list[str]
@@ -105,6 +155,8 @@ class ServerRun:
     rss_end_mb: float
     worker_rss_mb: float
     points: list[Point] = field(default_factory=list)
+    parent_rss_mb: float = 0.0
+    restart_s: float | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,6 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--home", type=Path, help="workspace to use (and keep); trains a champion if it has none")
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per case and server")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batch-rows", type=int, default=1000)
     parser.add_argument(
@@ -203,8 +256,17 @@ def pinned(command: list[str], core: int | None) -> list[str]:
     return command if core is None or shutil.which("taskset") is None else ["taskset", "-c", str(core), *command]
 
 
-def tree_rss_mb(pid: int) -> tuple[float, float]:
-    """(sum, largest) VmRSS in MB of a process and all its descendants."""
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return None
+
+
+def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -213,17 +275,50 @@ def tree_rss_mb(pid: int) -> tuple[float, float]:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    sizes, stack = [], [pid]
+    found, stack = [], list(children.get(pid, []))
     while stack:
         current = stack.pop()
+        found.append(current)
         stack.extend(children.get(current, []))
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    sizes.append(int(line.split()[1]) * 1024 / 1e6)
-        except OSError:
-            continue
+    return found
+
+
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    """(sum, largest) VmRSS in MB of a process and all its descendants."""
+    sizes = [size for p in [pid, *_descendants(pid)] if (size := _rss_mb(p)) is not None]
     return sum(sizes), max(sizes, default=0.0)
+
+
+def worker_and_parent_rss_mb(pid: int) -> tuple[float, float]:
+    """(largest descendant, the process itself) VmRSS in MB; the process itself when it has no children."""
+    parent = _rss_mb(pid) or 0.0
+    sizes = [size for p in _descendants(pid) if (size := _rss_mb(p)) is not None]
+    return max(sizes, default=parent), parent
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants so far."""
+    total = 0
+    for p in [pid, *_descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid: int, quiet: float = 0.5, timeout: float = 30.0) -> None:
+    """Wait until a process tree stops using CPU for `quiet` seconds (deepgate's first registry
+    check after a restart runs after /ready; it must not overlap the measurements)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - last < 0.05 * quiet:
+            return
+        last = now
 
 
 def post(url: str, body: Any, timeout: float = 30.0) -> Any:
@@ -291,68 +386,123 @@ def wrk(url: str, body_file: Path, connections: int, seconds: int, core: int | N
     return json.loads(line.removeprefix("RESULT "))
 
 
-def measure(
-    name: str,
-    command: list[str],
-    ready_path: str,
-    predict_path: str,
-    wrap: str,
-    cases: list[tuple[str, int, list[dict[str, Any]]]],
-    args: argparse.Namespace,
-    env: dict[str, str],
-    home: Path,
-    port: int,
-    reference: list[list[float]] | None,
-    probe: list[dict[str, Any]],
-    scratch: Path,
-) -> tuple[ServerRun, list[list[float]]]:
-    """Start a server, check its answers, load it with wrk case by case, stop it."""
-    cores = os.cpu_count() or 1
-    server_core, wrk_core = (1, 0) if cores >= 2 else (None, None)
-    base = f"http://127.0.0.1:{port}"
-    server = Server(name, pinned(command, server_core), env, home, base + ready_path)
-    try:
-        startup = server.wait_ready()
-        rss_start, _ = tree_rss_mb(server.process.pid)
-        answer = post(base + predict_path, {wrap: probe})
+@dataclass
+class Spec:
+    """How to start one server and talk to it."""
+
+    name: str
+    command: list[str]  # "{port}" is replaced by a free port
+    ready_path: str
+    predict_path: str
+    wrap: str  # the body's key: "rows" (deepgate) or "dataframe_records" (mlflow)
+
+
+class Running:
+    """A started server, ready and idle: its process, its figures so far, its URL."""
+
+    def __init__(self, spec: Spec, env: dict[str, str], home: Path) -> None:
+        self.spec = spec
+        port = free_port()
+        self.command = [part.replace("{port}", str(port)) for part in spec.command]
+        self.url = f"http://127.0.0.1:{port}{spec.predict_path}"
+        ready_url = f"http://127.0.0.1:{port}{spec.ready_path}"
+        cores = os.cpu_count() or 1
+        self.server = Server(spec.name, pinned(self.command, 1 if cores >= 2 else None), env, home, ready_url)
+        try:
+            startup = self.server.wait_ready()
+            wait_idle(self.server.process.pid)
+        except BaseException:
+            self.server.stop()
+            raise
+        rss_start, _ = tree_rss_mb(self.server.process.pid)
+        self.run = ServerRun(spec.name, self.command, startup, rss_start, 0.0, 0.0)
+
+    def answer(self, rows: list[dict[str, Any]]) -> list[list[float]]:
+        """The probabilities for `rows`, in class order."""
+        answer = post(self.url, {self.spec.wrap: rows})
         probabilities = answer["probabilities"] if "probabilities" in answer else answer["predictions"]
         if isinstance(probabilities[0], dict):  # mlflow: one {class: probability} object per row
             probabilities = [[row[k] for k in sorted(row)] for row in probabilities]
-        if reference is not None and not np.allclose(probabilities, reference, rtol=0, atol=1e-5):
-            raise RuntimeError(f"{name} answers differently from the first server: not the same champion?")
-        lua = scratch / "post.lua"
-        lua.write_text(LUA)
-        run = ServerRun(name, command, startup, rss_start, 0.0, 0.0)
-        warm = scratch / "warm.json"
-        warm.write_text(json.dumps({wrap: cases[0][2][:1]}))
-        wrk(base + predict_path, warm, 8, 1, wrk_core, lua)
-        for case, connections, rows in cases:
-            body = scratch / f"{case}.json"
-            body.write_text(json.dumps({wrap: rows}))
-            result = wrk(base + predict_path, body, connections, args.duration, wrk_core, lua)
-            seconds = result["duration_us"] / 1e6
-            point = Point(
-                name,
-                case,
-                connections,
-                result["requests"],
-                seconds,
-                result["requests"] / seconds,
-                result["p50_us"] / 1000,
-                result["p99_us"] / 1000,
-                result["max_us"] / 1000,
-                result["socket_errors"] + result["non_2xx"],
-            )
-            run.points.append(point)
-            print(
-                f"  {name:<22} {case:<10} c={connections:<3} {point.rps:9.0f} req/s  p50 {point.p50_ms:7.2f} ms  "
-                f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}",
-                flush=True,
-            )
-        run.rss_end_mb, run.worker_rss_mb = tree_rss_mb(server.process.pid)
-        return run, probabilities
-    finally:
-        server.stop()
+        return probabilities  # type: ignore[no-any-return]
+
+    def finish(self) -> ServerRun:
+        """Record the memory at the end and stop the server."""
+        try:
+            self.run.rss_end_mb, _ = tree_rss_mb(self.server.process.pid)
+            self.run.worker_rss_mb, self.run.parent_rss_mb = worker_and_parent_rss_mb(self.server.process.pid)
+        finally:
+            self.server.stop()
+        return self.run
+
+
+def load_round(target: Running, case: str, connections: int, body: Path, seconds: int, lua: Path) -> Point:
+    """One wrk run against one server."""
+    wrk_core = 0 if (os.cpu_count() or 1) >= 2 else None
+    result = wrk(target.url, body, connections, seconds, wrk_core, lua)
+    took = result["duration_us"] / 1e6
+    point = Point(
+        target.spec.name,
+        case,
+        connections,
+        result["requests"],
+        took,
+        result["requests"] / took,
+        result["p50_us"] / 1000,
+        result["p99_us"] / 1000,
+        result["max_us"] / 1000,
+        result["socket_errors"] + result["non_2xx"],
+    )
+    print(
+        f"  {target.spec.name:<22} {case:<8} c={connections:<3} {point.rps:9.0f} req/s  p50 {point.p50_ms:7.2f} ms  "
+        f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}",
+        flush=True,
+    )
+    return point
+
+
+def combine(points: list[Point]) -> Point:
+    """Rounds of one case on one server as one point: total requests over total time, median latencies."""
+    first = points[0]
+    requests = sum(p.requests for p in points)
+    seconds = sum(p.seconds for p in points)
+    return Point(
+        first.server,
+        first.case,
+        first.connections,
+        requests,
+        seconds,
+        requests / seconds,
+        float(np.median([p.p50_ms for p in points])),
+        float(np.median([p.p99_ms for p in points])),
+        max(p.max_ms for p in points),
+        sum(p.errors for p in points),
+    )
+
+
+def compare(
+    targets: list[Running],
+    cases: list[tuple[str, int, list[dict[str, Any]]]],
+    args: argparse.Namespace,
+    scratch: Path,
+) -> None:
+    """Load the servers in turn, case by case and round by round (A B A B ...), so that a change
+    in the machine's load between slots touches each server alike; fills each run's points."""
+    lua = scratch / "post.lua"
+    lua.write_text(LUA)
+    wrk_core = 0 if (os.cpu_count() or 1) >= 2 else None
+    for target in targets:  # warm-up: first-call allocations, lazy imports
+        warm = scratch / f"warm-{target.spec.wrap}.json"
+        warm.write_text(json.dumps({target.spec.wrap: cases[0][2][:1]}))
+        wrk(target.url, warm, 8, 1, wrk_core, lua)
+    for case, connections, rows in cases:
+        rounds: dict[str, list[Point]] = {t.spec.name: [] for t in targets}
+        for _ in range(args.rounds):
+            for target in targets:
+                body = scratch / f"{case}-{target.spec.wrap}.json"
+                body.write_text(json.dumps({target.spec.wrap: rows}))
+                rounds[target.spec.name].append(load_round(target, case, connections, body, args.duration, lua))
+        for target in targets:
+            target.run.points.append(combine(rounds[target.spec.name]))
 
 
 # ------------------------------------------------------------------------------ report
@@ -380,6 +530,9 @@ def targets(runs: dict[str, ServerRun], by: dict[str, float], top: int) -> list[
             result.append((f">= 4x mlflow single-row req/s at {c} connection(s)", f"{by[key]:.2f}x", by[key] >= 4))
     result.append((f"p99 < 10 ms at {top} connections", f"{p99:.1f} ms", p99 < 10))
     result.append(("ready within 1 s of start", f"{ours.startup_s:.2f} s", ours.startup_s <= 1))
+    if ours.restart_s is not None:
+        met = ours.restart_s <= 1
+        result.append(("ready within 1 s of a restart (champion cached)", f"{ours.restart_s:.2f} s", met))
     result.append(("< 150 MB resident per worker", f"{ours.worker_rss_mb:.0f} MB", ours.worker_rss_mb < 150))
     return result
 
@@ -416,16 +569,29 @@ def print_report(
     console.print(table)
     servers = Table(
         "server",
-        *(Column(c, justify="right") for c in ("start-up s", "RSS after start MB", "RSS at end MB", "per worker MB")),
-        title="start-up (process start to ready) and resident memory (process tree)",
+        *(
+            Column(c, justify="right")
+            for c in (
+                "start-up s",
+                "restart s",
+                "RSS after start MB",
+                "RSS at end MB",
+                "per worker MB",
+                "parent MB",
+            )
+        ),
+        title="start-up (process start to ready) and resident memory (process tree; per worker: the largest "
+        "child, parent: deepgate's supervisor or mlflow's CLI)",
     )
     for run in [*runs.values(), *extra]:
         servers.add_row(
             run.name,
             f"{run.startup_s:.2f}",
+            "-" if run.restart_s is None else f"{run.restart_s:.2f}",
             f"{run.rss_start_mb:.0f}",
             f"{run.rss_end_mb:.0f}",
             f"{run.worker_rss_mb:.0f}",
+            f"{run.parent_rss_mb:.0f}",
         )
     console.print(servers)
     ours, theirs = runs["deepgate serve"], runs["mlflow models serve"]
@@ -459,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         version = ensure_champion(home, env)
+        # deepgate serve's package cache: emptied, so that the first start is a cold one.
+        shutil.rmtree(home / ".deepgate" / "serving", ignore_errors=True)
         columns = model_columns(home, version)
         single, batch = sample_rows(1, columns), sample_rows(args.batch_rows, columns)
         cases = [("single", c, single) for c in args.connections] + [("batch", 1, batch)]
@@ -467,58 +635,58 @@ def main(argv: list[str] | None = None) -> int:
         deepgate_cmd = [python, "-m", "flows.cli", "serve", PIPELINE, "--port", "{port}", "--poll", "3600"]
         mlflow_cmd = [python, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local"]
         mlflow_cmd += ["--host", "127.0.0.1", "--port", "{port}"]
+        ours = Spec("deepgate serve", deepgate_cmd, "/ready", "/predict", "rows")
+        theirs = Spec(
+            "mlflow models serve", [*mlflow_cmd, "--workers", "1"], "/health", "/invocations", "dataframe_records"
+        )
         runs: dict[str, ServerRun] = {}
         extra: list[ServerRun] = []
-        reference = None
         with tempfile.TemporaryDirectory() as scratch:
-            plan = [
-                ("deepgate serve", deepgate_cmd, "/ready", "/predict", "rows", cases),
-                (
-                    "mlflow models serve",
-                    [*mlflow_cmd, "--workers", "1"],
-                    "/health",
-                    "/invocations",
-                    "dataframe_records",
-                    cases,
-                ),
-            ]
+            # deepgate: a cold start (empty package cache), stopped; then a restart (champion
+            # cached), which is the one loaded. Start-ups never overlap another server's.
+            print(f"{ours.name}: {' '.join(deepgate_cmd[1:]).replace('{port}', 'PORT')}", flush=True)
+            cold = Running(ours, env, home)
+            cold.server.stop()
+            started = [Running(ours, env, home)]
+            first = started[0].run
+            first.startup_s, first.restart_s = cold.run.startup_s, first.startup_s
+            print(f"  ready {first.startup_s:.2f} s after a cold start, {first.restart_s:.2f} s after a restart")
+            try:
+                print(f"{theirs.name}: {' '.join(theirs.command[1:]).replace('{port}', 'PORT')}", flush=True)
+                started.append(Running(theirs, env, home))
+                reference = started[0].answer(batch[:5])
+                if not np.allclose(started[1].answer(batch[:5]), reference, rtol=0, atol=1e-5):
+                    raise RuntimeError("the two servers answer differently: not the same champion?")
+                compare(started, cases, args, Path(scratch))
+            finally:
+                for target in started:
+                    runs[target.spec.name] = target.finish()
             if args.multi_worker > 1:
-                name = f"mlflow, {args.multi_worker} workers"
-                multi = [("single", c, single) for c in sorted({1, top})]
-                plan.append(
-                    (
-                        name,
-                        [*mlflow_cmd, "--workers", str(args.multi_worker)],
+                workers = str(args.multi_worker)
+                pair = [
+                    Spec(
+                        f"deepgate, {workers} workers",
+                        [*deepgate_cmd, "--workers", workers],
+                        "/ready",
+                        "/predict",
+                        "rows",
+                    ),
+                    Spec(
+                        f"mlflow, {workers} workers",
+                        [*mlflow_cmd, "--workers", workers],
                         "/health",
                         "/invocations",
                         "dataframe_records",
-                        multi,
-                    )
-                )
-            for name, command, ready, predict, wrap, todo in plan:
-                port = free_port()
-                concrete = [part.replace("{port}", str(port)) for part in command]
-                print(f"{name}: {' '.join(concrete[1:])}", flush=True)
-                run, answer = measure(
-                    name,
-                    concrete,
-                    ready,
-                    predict,
-                    wrap,
-                    todo,
-                    args,
-                    env,
-                    home,
-                    port,
-                    reference,
-                    batch[:5],
-                    Path(scratch),
-                )
-                reference = reference or answer
-                if len(runs) < 2:
-                    runs[name] = run
-                else:
-                    extra.append(run)
+                    ),
+                ]
+                started = []
+                try:
+                    for spec in pair:
+                        print(f"{spec.name}: {' '.join(spec.command[1:]).replace('{port}', 'PORT')}", flush=True)
+                        started.append(Running(spec, env, home))
+                    compare(started, [("single", c, single) for c in sorted({1, top})], args, Path(scratch))
+                finally:
+                    extra += [target.finish() for target in started]
         by = ratios(runs)
         meta = {
             "version": version,

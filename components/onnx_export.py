@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from components.predictor import Predictor
 
 ONNX_FILE = "model.onnx"
@@ -47,15 +47,24 @@ class OnnxExportError(RuntimeError):
     """The network could not be exported, or the exported graph disagrees with torch."""
 
 
-class _WithSoftmax(nn.Module):
-    """The network followed by softmax, so the graph answers probabilities like the Predictor."""
+def _with_softmax(net: nn.Module) -> nn.Module:
+    """The network followed by softmax, so the graph answers probabilities like the Predictor.
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
+    Built on call: importing this module (for :class:`OnnxNetwork`, in the serving worker)
+    must not import torch.
+    """
+    import torch
+    from torch import nn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
+    class WithSoftmax(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.net = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.net(x), dim=1)
+
+    return WithSoftmax(net)
 
 
 def example_features(predictor: Predictor, n: int = 2) -> np.ndarray:
@@ -82,9 +91,11 @@ def export_onnx(predictor: Predictor, directory: str | os.PathLike[str], *, chec
     Raises:
         OnnxExportError: The export failed or the graph disagrees with torch.
     """
+    import torch
+
     Path(directory).mkdir(parents=True, exist_ok=True)
     target = Path(directory) / ONNX_FILE
-    wrapped = _WithSoftmax(predictor.net).cpu().eval()
+    wrapped = _with_softmax(predictor.net).cpu().eval()
     sample = torch.from_numpy(example_features(predictor))
     tmp = target.with_name(target.name + ".tmp")  # written, then renamed: never a half-written model.onnx
     try:
@@ -125,6 +136,10 @@ class OnnxNetwork:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        if threads == 1:
+            # One thread: no pool whose idle threads spin-wait for the next run (they would
+            # take CPU from the serving worker's own thread on a shared or pinned core).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -137,6 +152,8 @@ class OnnxNetwork:
 
 def torch_probabilities(predictor: Predictor, features: np.ndarray) -> np.ndarray:
     """The torch network's probabilities for preprocessed features (whatever the backend)."""
+    import torch
+
     with torch.inference_mode():
         logits = predictor.net.cpu()(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))
         return torch.softmax(logits, dim=1).numpy()

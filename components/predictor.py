@@ -12,21 +12,22 @@ Nothing in the package is ever unpickled: the network is rebuilt from `arch` and
 `arch_params` with :func:`components.models.build_model`, then the weights are loaded into it;
 the ONNX graph is protobuf. Either backend (ONNX Runtime or torch) runs behind the same
 preprocessing code, the package's own, so serving cannot skew from training.
+
+torch, safetensors and pandas are imported only when used: a package loaded with
+`lazy_net=True` and served by ONNX Runtime never loads them (the lean serving worker of
+components/serving_worker.py), and the network is built from the weights on first use of `.net`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from components.features import (
     ImagePreprocessor,
@@ -35,7 +36,10 @@ from components.features import (
     TabularPreprocessor,
     preprocessor_from_dict,
 )
-from components.models import build_model
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 FORMAT = "deepgate-model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -66,11 +70,13 @@ class Predictor:
         positive_class: For binary problems, the label treated as positive (may be None).
         onnx: An ONNX Runtime network (features -> probabilities) to run instead of `net`;
             `net` is still kept (saving, explanations, warm starts use it).
+        net_loader: Instead of `net` (pass None): builds the network on first use of `.net`,
+            so that an ONNX-served predictor never imports torch.
     """
 
     def __init__(
         self,
-        net: nn.Module,
+        net: nn.Module | None,
         preprocessor: Preprocessor,
         classes: Sequence[str],
         arch: str,
@@ -79,9 +85,14 @@ class Predictor:
         *,
         positive_class: str | None = None,
         onnx: Callable[[np.ndarray], np.ndarray] | None = None,
+        net_loader: Callable[[], nn.Module] | None = None,
     ) -> None:
-        self.net = net.eval()
-        self.onnx = onnx  # dropout off, BatchNorm on running stats: inference only from here
+        if (net is None) == (net_loader is None):
+            raise ValueError("give either a network or a net_loader")
+        # eval(): dropout off, BatchNorm on running stats: inference only from here.
+        self._net = None if net is None else net.eval()
+        self._net_loader = net_loader
+        self.onnx = onnx
         self.preprocessor = preprocessor
         self.classes = [str(c) for c in classes]
         self.arch = arch
@@ -93,6 +104,14 @@ class Predictor:
         n_classes = self.arch_params.get("n_classes")
         if n_classes is not None and n_classes != len(self.classes):
             raise ValueError(f"the network has {n_classes} outputs but {len(self.classes)} classes were given")
+
+    @property
+    def net(self) -> nn.Module:
+        """The torch network (built from the package's weights on first use when loaded lazily)."""
+        if self._net is None:
+            assert self._net_loader is not None  # __init__ demands one or the other
+            self._net = self._net_loader().eval()
+        return self._net
 
     @property
     def modality(self) -> str:
@@ -128,7 +147,8 @@ class Predictor:
             InputError: The inputs do not fit the schema.
         """
         if isinstance(self.preprocessor, TabularPreprocessor):
-            if isinstance(inputs, pd.DataFrame):
+            pandas = sys.modules.get("pandas")  # a DataFrame can only exist once pandas is loaded
+            if pandas is not None and isinstance(inputs, pandas.DataFrame):
                 features = self.preprocessor.transform(inputs, strict=strict)
             elif isinstance(inputs, Sequence) and not isinstance(inputs, str):
                 features = self.preprocessor.transform_records(inputs, strict=strict)
@@ -158,6 +178,8 @@ class Predictor:
             if not batches:
                 return np.zeros((0, len(self.classes)), dtype=np.float32)
             return np.concatenate(batches).astype(np.float32, copy=False)
+        import torch
+
         device = next(self.net.parameters()).device
         outputs = []
         # inference_mode: no autograd bookkeeping; batches bound memory on large offline calls.
@@ -184,6 +206,8 @@ class Predictor:
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the package into `directory` (created if needed) and return its path."""
+        from safetensors.torch import save_file
+
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         # allow_nan=False: a NaN statistic would make spec.json unreadable by strict JSON parsers.
@@ -198,13 +222,24 @@ class Predictor:
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], backend: Backend = "auto") -> Predictor:
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        backend: Backend = "auto",
+        *,
+        lazy_net: bool = False,
+        onnx_threads: int = 0,
+    ) -> Predictor:
         """Read a package written by :meth:`save`, on CPU, in eval mode.
 
         Args:
             directory: The package folder.
             backend: `onnx` runs `model.onnx` in ONNX Runtime (it must exist), `torch` runs
                 the safetensors weights, `auto` takes ONNX Runtime when `model.onnx` exists.
+            lazy_net: When ONNX Runtime answers, leave the torch network unbuilt until `.net`
+                is used (then a bad weights file raises there): the serving worker never
+                imports torch. Ignored when torch answers.
+            onnx_threads: ONNX Runtime's intra-op threads; 0 lets it choose (one per core).
 
         Raises:
             ModelPackageError: A file is missing or corrupt, the format is unknown, or the
@@ -214,14 +249,18 @@ class Predictor:
         spec = _read_spec(path)
         try:
             preprocessor = preprocessor_from_dict(spec["preprocessor"])
-            net = build_model(spec["arch"], **spec["arch_params"])
         except (KeyError, TypeError, ValueError) as error:
             raise ModelPackageError(f"{path / SPEC_FILE} describes an invalid model: {error}") from None
-        try:
-            net.load_state_dict(_read_weights(path), strict=True)
-        except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
-            raise ModelPackageError(f"{path / WEIGHTS_FILE} does not fit arch {spec['arch']!r}: {error}") from None
-        onnx = _onnx_network(path, backend)
+        net = None if lazy_net else _build_net(path, spec)
+        onnx = _onnx_network(path, backend, onnx_threads)
+        net_loader = None
+        if net is None:
+            if onnx is None:  # torch answers: it needs the network now
+                net = _build_net(path, spec)
+            elif not (path / WEIGHTS_FILE).is_file():  # the package must be whole even if ONNX answers
+                raise ModelPackageError(f"incomplete model package: {path / WEIGHTS_FILE} does not exist")
+            else:
+                net_loader = lambda: _build_net(path, spec)  # noqa: E731
         try:
             return cls(
                 net,
@@ -232,12 +271,28 @@ class Predictor:
                 spec.get("metadata"),
                 positive_class=spec.get("positive_class"),
                 onnx=onnx,
+                net_loader=net_loader,
             )
         except ValueError as error:
             raise ModelPackageError(f"{path / SPEC_FILE} is inconsistent: {error}") from None
 
 
-def _onnx_network(path: Path, backend: str) -> Callable[[np.ndarray], np.ndarray] | None:
+def _build_net(path: Path, spec: Mapping[str, Any]) -> nn.Module:
+    """The torch network of a package: built from `arch`, weights loaded from safetensors."""
+    from components.models import build_model
+
+    try:
+        net = build_model(spec["arch"], **spec["arch_params"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelPackageError(f"{path / SPEC_FILE} describes an invalid model: {error}") from None
+    try:
+        net.load_state_dict(_read_weights(path), strict=True)
+    except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+        raise ModelPackageError(f"{path / WEIGHTS_FILE} does not fit arch {spec['arch']!r}: {error}") from None
+    return net
+
+
+def _onnx_network(path: Path, backend: str, threads: int = 0) -> Callable[[np.ndarray], np.ndarray] | None:
     """The ONNX Runtime network for `backend`, or None for torch."""
     if backend not in ("onnx", "torch", "auto"):
         raise ValueError(f"unknown backend {backend!r}; use onnx, torch or auto")
@@ -249,7 +304,7 @@ def _onnx_network(path: Path, backend: str) -> Callable[[np.ndarray], np.ndarray
     from components.onnx_export import OnnxNetwork
 
     try:
-        return OnnxNetwork(onnx_path)
+        return OnnxNetwork(onnx_path, threads=threads)
     except Exception as error:  # onnxruntime raises its own error types for bad graphs
         raise ModelPackageError(f"{onnx_path} is corrupt or not an ONNX model: {error}") from None
 
@@ -278,6 +333,8 @@ def _read_spec(path: Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     weights_path = path / WEIGHTS_FILE
     if not weights_path.is_file():
         raise ModelPackageError(f"incomplete model package: {weights_path} does not exist")

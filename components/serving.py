@@ -36,6 +36,10 @@ MAX_ROWS = 10_000
 # 1 MB holds about 5,000 typical rows or 300 28x28 images as JSON: plenty for online scoring
 # (bigger jobs belong to batch scoring), and small enough to parse in milliseconds.
 MAX_BODY_BYTES = 1_000_000
+# Bodies up to this size (a few dozen rows) are scored on the event loop: that takes well
+# under a millisecond, less than handing the work to a thread and back costs. Larger ones go
+# to a thread, so that a big batch never holds up /health or other requests.
+INLINE_BODY_BYTES = 16_384
 
 
 @dataclass(frozen=True)
@@ -119,12 +123,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
 
-async def _read_json(request: Request) -> Any:
-    """The parsed body, after the content-type check (the size is the guard's job)."""
+async def _read_body(request: Request) -> bytes:
+    """The raw body, after the content-type check (the size is the guard's job)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise BadInput(415, "content type must be application/json")
-    body = await request.body()
+    return await request.body()
+
+
+def _parse_json(body: bytes) -> Any:
+    """The parsed body."""
     if not body:
         raise BadInput(400, "body is empty: send a JSON object")
     try:
@@ -281,7 +289,6 @@ def create_app(
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.post("/predict", responses=ERROR_RESPONSES)
     async def predict(request: Request) -> JSONResponse:
         """Score one or more inputs: {"rows": [{...}]} for tables, {"images": [...]} for images.
 
@@ -291,10 +298,12 @@ def create_app(
         if served is None:
             return _error(503, "no model loaded")
         try:
-            body = await _read_json(request)
-            # Validation and the forward pass are CPU-bound: off the event loop, so /health
-            # stays responsive.
-            answer, batch, probabilities = await run_in_threadpool(_predict, served, body)
+            raw = await _read_body(request)
+            body = _parse_json(raw)
+            if len(raw) <= INLINE_BODY_BYTES:
+                answer, batch, probabilities = _predict(served, body)
+            else:  # CPU-bound for long: off the event loop, so /health stays responsive
+                answer, batch, probabilities = await run_in_threadpool(_predict, served, body)
         except BadInput as error:
             return _error(error.status, error.message)
         except InputError as error:
@@ -304,9 +313,33 @@ def create_app(
             prediction_log.record(served.model.version, batch, answer["predictions"], probabilities)
         return JSONResponse(answer)
 
+    # FastAPI's route documents /predict (the OpenAPI page); `_FastPredict` answers it.
+    app.post("/predict", responses=ERROR_RESPONSES)(predict)
+
     routes = {route.path for route in app.routes if isinstance(route, APIRoute)} | {"/docs", "/openapi.json"}
-    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=max_body_bytes, routes=routes)
+    app.add_middleware(_FastPredict, handler=predict)
+    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=max_body_bytes, routes=routes)  # outermost
     return app
+
+
+class _FastPredict:
+    """Raw ASGI: `POST /predict` goes straight to its handler, past the router and FastAPI's layers.
+
+    Routing, FastAPI's dependency resolution and starlette's exception wrappers cost more than
+    validating and scoring one row; the same handler answers, the guard (size limit, metrics)
+    still runs in front of it, and every other request takes the app's normal path.
+    """
+
+    def __init__(self, app: Any, handler: Callable[[Request], Any]) -> None:
+        self.app = app
+        self.handler = handler
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/predict":
+            response = await self.handler(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _openapi(app: FastAPI, holder: ModelHolder) -> dict[str, Any]:
@@ -340,10 +373,3 @@ def _openapi(app: FastAPI, holder: ModelHolder) -> dict[str, Any]:
     operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
     app.state.openapi_cache = (version, schema)
     return schema
-
-
-def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the app with uvicorn: one worker (the model lives in this process), no access log."""
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, workers=1, access_log=False, log_level="warning")

@@ -1,7 +1,8 @@
 """Serving validation in a separate process (like TFX's InfraValidator).
 
 Before `champion` moves, the candidate's downloaded package is served by a fresh Python
-process (the REST app of components/serving.py under uvicorn) on a free loopback port. The
+process (the lean serving worker that `deepgate serve` runs, components/serving_worker.py:
+ONNX Runtime with no torch, MLflow or pandas) on a free loopback port. The
 check waits for /ready, warms the server up with one request, sends test rows in batches,
 compares the answers with the offline torch probabilities and times every request. The
 process is always stopped, whatever happens.
@@ -10,14 +11,13 @@ A separate process catches what an in-process check cannot: a package that loads
 because the training process already imported or cached something, a missing dependency of
 the backend, a server that does not start.
 
-The server side is this module's entry point::
+The server side::
 
-    python -m components.serving_check --package DIR --port N [--version V] [--backend auto]
+    python -m components.serving_worker --package DIR --port N [--version V] [--backend auto]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -47,11 +47,11 @@ def free_port() -> int:
 
 
 def server_command(package: Path, port: int, version: str, pipeline: str, backend: str) -> list[str]:
-    """The command that serves `package` on `port` (this module's entry point)."""
+    """The command that serves `package` on `port`: the lean worker that `deepgate serve` runs."""
     return [
         sys.executable,
         "-m",
-        "components.serving_check",
+        "components.serving_worker",
         "--package",
         str(package),
         "--port",
@@ -200,27 +200,3 @@ def _tail(log: Any, limit: int = 400) -> str:
     log.seek(0)
     text = log.read().decode("utf-8", "replace").strip()
     return ("..." + text[-limit:]) if len(text) > limit else (text or "no output")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Serve one package folder on 127.0.0.1 (the server side of the check)."""
-    parser = argparse.ArgumentParser(description="Serve a deepgate model package folder over REST.")
-    parser.add_argument("--package", type=Path, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--version", default="package")
-    parser.add_argument("--pipeline", default="package")
-    parser.add_argument("--backend", choices=["onnx", "torch", "auto"], default="auto")
-    args = parser.parse_args(argv)
-
-    from components.predictor import Predictor
-    from components.serving import LoadedModel, create_app, serve
-
-    # Load before serving: a package that does not load ends the process at once, with the
-    # reason on stderr, instead of a server that is never ready.
-    model = LoadedModel(args.version, Predictor.load(args.package, backend=args.backend), {"pipeline": args.pipeline})
-    serve(create_app(lambda: model, pipeline=args.pipeline, poll_seconds=0), host=args.host, port=args.port)
-
-
-if __name__ == "__main__":
-    main()

@@ -77,13 +77,21 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._served: tuple[str, str] | None = None
+        self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
-        if status >= 400:
-            self.errors.labels(route, str(status)).inc()
+        key = (route, method, status)
+        series = self._series.get(key)
+        if series is None:  # labels() costs more than the update: look each series up once
+            error = self.errors.labels(route, str(status)) if status >= 400 else None
+            series = (self.requests.labels(route, method, str(status)), self.latency.labels(route), error)
+            self._series[key] = series  # bounded: routes and methods are fixed sets, statuses few
+        requests, latency, errors = series
+        requests.inc()
+        latency.observe(seconds)
+        if errors is not None:
+            errors.inc()
 
     def serving(self, version: str, alias: str | None) -> None:
         """Point the model gauge at `version` (the old version's series goes away)."""

@@ -12,22 +12,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from components import names
-from components.config import ConfigError, PipelineConfig, bundled_pipelines, load_pipeline
 from components.settings import Settings, load_settings
+
+# components.config (YAML + the pipeline models) is imported by the commands that read a
+# pipeline, not here: it costs a quarter of a second that `deepgate serve` does not need.
+if TYPE_CHECKING:
+    from components.config import PipelineConfig
 
 app = typer.Typer(
     help="deepgate: gated retraining of deep-learning classifiers.",
@@ -78,6 +81,8 @@ def _configs(
     settings: Settings,
     override_files: list[Path] | None = None,
 ) -> list[PipelineConfig]:
+    from components.config import ConfigError, load_pipeline
+
     files = list(override_files or [])
     if config is not None:
         if pipelines:
@@ -124,6 +129,8 @@ def run(
     ] = None,
 ) -> None:
     """Retrain pipelines through every gate, and print what happened."""
+    from components.config import ConfigError, bundled_pipelines
+
     settings = load_settings()
     try:
         names_ = sorted(bundled_pipelines(settings.params_path)) if all_ else list(pipelines or [])
@@ -240,6 +247,8 @@ def tune(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Search hyperparameters with Optuna (scored on the validation split) and write the best as an override file."""
+    from components.config import ConfigError
+
     settings = load_settings()
     try:
         [cfg] = _configs([pipeline] if pipeline else [], config, list(set_ or []), settings, overrides)
@@ -316,6 +325,7 @@ def _print_tuning(summary: Any, cfg: PipelineConfig, settings: Settings, config_
 @app.command()
 def ingest(pipeline: Annotated[str, typer.Argument(help="A bundled pipeline (see params.yaml).")]) -> None:
     """Write the pipeline's canonical dataset under data/ (the `ingest` stage of dvc.yaml)."""
+    from components.config import ConfigError, load_pipeline
     from components.dataset import DataLoadError
     from components.dataset import ingest as dataset_ingest
 
@@ -337,6 +347,8 @@ def suite(
     ] = None,
 ) -> None:
     """(Re)build the pipeline's expectation suite, expectations/PIPELINE.json, from reference data."""
+    from components.config import ConfigError, load_pipeline
+
     settings = load_settings()
     _prepare_environment(settings)
     from components.dataset import DataLoadError, load_source
@@ -376,6 +388,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Registered versions with aliases, key metrics, gate verdicts and data version."""
+    from components.config import bundled_pipelines
+
     settings = load_settings()
     _prepare_environment(settings)
     from components.registry import Registry
@@ -512,6 +526,12 @@ def serve(
     poll: Annotated[
         float, typer.Option(help="Seconds between checks for a new champion.", envvar="DEEPGATE_SERVE_POLL")
     ] = 10.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes answering requests (each holds the model).", envvar="DEEPGATE_SERVE_WORKERS", min=1
+        ),
+    ] = 1,
     max_body_bytes: Annotated[
         int,
         typer.Option(help="Larger request bodies get 413, unread.", envvar="DEEPGATE_SERVE_MAX_BODY_BYTES", min=1),
@@ -540,39 +560,57 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve the pipeline's @champion over REST; follows alias moves without restart."""
+    """Serve the pipeline's @champion over REST; follows alias moves without restart.
+
+    This process is a small supervisor (it polls the registry and materialises the champion's
+    package); `--workers` lean processes answer the requests (see components/serving_supervisor.py).
+    """
     if unknown_category not in ("ignore", "error"):
         err.print(f"[red]error:[/red] --unknown-category must be ignore or error, not {unknown_category!r}")
         raise typer.Exit(EXIT_ERROR)
     settings = load_settings()
-    _prepare_environment(settings)
-    from components.prediction_log import PredictionLog
-    from components.registry import Registry
-    from components.serving import create_app
-    from components.serving import serve as run_server
+    from components.serving_state import listening_socket
+    from components.serving_supervisor import ChampionCache, Supervisor, WorkerOptions, cache_root, champion_state
 
-    registry = Registry(settings)
-    cache = Path(tempfile.mkdtemp(prefix=f"deepgate-serve-{pipeline}-"))
-    loader = champion_loader(registry, pipeline, cache)
-    log = None
+    try:  # bound here, before anything slow: a port in use fails at once, with its reason
+        sock = listening_socket(host, port)
+    except OSError as error:
+        err.print(f"[red]error:[/red] cannot listen on {host}:{port}: {error.strerror or error}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    log_path = None
     if log_predictions > 0:
-        path = prediction_log or settings.home / ".deepgate" / "predictions" / f"{pipeline}.sqlite"
-        log = PredictionLog(path, log_predictions)
+        log_path = prediction_log or settings.home / ".deepgate" / "predictions" / f"{pipeline}.sqlite"
+    options = WorkerOptions(pipeline, max_body_bytes, unknown_category, log_predictions, log_path)
+    root = cache_root(settings.home, pipeline, settings.registry_uri)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:  # a read-only workspace: a private cache, and no fast restart
+        err.print(f"warning: {root} is not writable; caching the champion in a temporary folder", highlight=False)
+        root = Path(tempfile.mkdtemp(prefix=f"deepgate-serve-{pipeline}-"))
+    cache = ChampionCache(root)
+    registry: list[Any] = []
+
+    def connect() -> None:
+        # MLflow is imported here, after the workers started: it costs seconds, they do not wait.
+        _prepare_environment(settings)
+        from components.registry import Registry
+
+        registry.append(Registry(settings))
+
+    supervisor = Supervisor(sock, options, workers, cache, lambda: champion_state(registry[0], pipeline, cache))
     console.print(
-        f"serving {pipeline}@champion on http://{host}:{port} (docs: /docs, metrics: /metrics); checking for a new "
-        f"champion every {poll:g}s"
-        + (f"; logging {log_predictions:.0%} of inputs to {log.path}" if log is not None else ""),
+        f"serving {pipeline}@champion on http://{host}:{port} with {workers} worker(s) (docs: /docs, metrics: "
+        f"/metrics); checking for a new champion every {poll:g}s"
+        + (f"; logging {log_predictions:.0%} of inputs to {log_path}" if log_path is not None else ""),
         highlight=False,
     )
-    service = create_app(
-        loader,
-        pipeline=pipeline,
-        poll_seconds=poll,
-        max_body_bytes=max_body_bytes,
-        unknown_category=unknown_category,  # type: ignore[arg-type]  # checked above
-        prediction_log=log,
-    )
-    run_server(service, host=host, port=port)
+    code = supervisor.run(poll, before_first_check=connect)
+    sock.close()
+    if code != 0:
+        raise typer.Exit(EXIT_ERROR)
 
 
 @app.command()
@@ -663,42 +701,29 @@ def train_worker(
     console.print(f"took part in {fits} fit(s)", highlight=False)
 
 
-def _iso_utc(ms: int | None) -> str | None:
-    import datetime as dt
-
-    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
-
-
 def champion_loader(registry: Any, pipeline: str, cache: Path) -> Any:
-    """A loader for the serving app: the current @champion, downloaded once per version."""
-    from components.predictor import Predictor
-    from components.serving import LoadedModel
+    """A loader for the serving app: the current @champion, in one process.
 
-    loaded: dict[str, LoadedModel] = {}
+    The same steps as `deepgate serve`'s supervisor and workers (resolve, materialise into the
+    cache, point a state file at it, load it lean), without the separate processes: for tests
+    and for embedding the app in another ASGI server.
+    """
+    from components.serving_state import write_state
+    from components.serving_supervisor import ChampionCache, champion_state
+    from components.serving_worker import state_loader
 
-    def load() -> LoadedModel | None:
-        info = registry.alias_version(pipeline, names.CHAMPION)
-        if info is None:
-            return None
-        if info.version not in loaded:
-            package = registry.copy_package(pipeline, info.version, cache / f"v{info.version}")
-            for old in loaded:  # its weights are in memory already; the files are not needed
-                shutil.rmtree(cache / f"v{old}", ignore_errors=True)
-            loaded.clear()
-            loaded[info.version] = LoadedModel(
-                info.version,
-                Predictor.load(package),
-                {
-                    "pipeline": pipeline,
-                    "alias": names.CHAMPION,
-                    "data_version": info.tags.get(names.TAG_DATA_VERSION),
-                    "git_commit": info.tags.get(names.TAG_GIT_COMMIT),
-                    "registered_at_ms": info.created_ms,
-                    # The version is registered when its training run ends.
-                    "trained_at": _iso_utc(info.created_ms),
-                },
-            )
-        return loaded[info.version]
+    packages = ChampionCache(cache)
+    state_file = cache / "state.json"
+    follow = state_loader(state_file)
+
+    def load() -> Any:
+        state = champion_state(registry, pipeline, packages)
+        if state is not None:
+            write_state(state_file, state["version"], Path(state["package"]), state["info"])
+        model = follow()
+        if model is not None:  # loaded into memory: older packages' files are not needed
+            packages.prune([model.version])
+        return model
 
     return load
 
@@ -756,6 +781,8 @@ def schedule(
     Each retraining deployment also starts on the events `deepgate.dataset.updated` and
     `deepgate.drift.detected` that name its pipeline; the monitor deployments emit the latter.
     """
+    from components.config import ConfigError, bundled_pipelines, load_pipeline
+
     settings = load_settings()
     _prepare_environment(settings)
     from prefect import serve as prefect_serve
@@ -811,6 +838,8 @@ def monitor(
     Exit 0 when stable (or too few rows, or no champion: the report says which), 3 when drift
     was found (the event `deepgate.drift.detected` then starts retraining where deployments are served).
     """
+    from components.config import ConfigError
+
     settings = load_settings()
     try:
         [chosen] = _configs([pipeline] if pipeline else [], config, [], settings)

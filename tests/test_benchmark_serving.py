@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -51,6 +53,40 @@ def test_ratios_and_targets(serving: ModuleType) -> None:
     }
 
 
+def test_a_restart_is_judged_on_its_own(serving: ModuleType) -> None:
+    ours = run(serving, "deepgate serve", 6.0, 100, [("single", 1, 800, 2), ("single", 32, 1000, 8)])
+    ours.restart_s = 0.7
+    theirs = run(serving, "mlflow models serve", 9.0, 500, [("single", 1, 100, 5), ("single", 32, 200, 90)])
+    runs = {"deepgate serve": ours, "mlflow models serve": theirs}
+    verdicts = {target: met for target, _, met in serving.targets(runs, serving.ratios(runs), 32)}
+    assert verdicts["ready within 1 s of start"] is False
+    assert verdicts["ready within 1 s of a restart (champion cached)"] is True
+    assert verdicts["p99 < 10 ms at 32 connections"] is True
+
+
+def test_rounds_combine_into_one_point(serving: ModuleType) -> None:
+    rounds = [
+        serving.Point("s", "single", 1, 100, 2.0, 50.0, 1.0, 4.0, 9.0, 0),
+        serving.Point("s", "single", 1, 300, 2.0, 150.0, 3.0, 8.0, 20.0, 1),
+    ]
+    point = serving.combine(rounds)
+    assert (point.requests, point.seconds, point.rps) == (400, 4.0, 100.0)  # total over total, not a mean of rates
+    assert (point.p50_ms, point.p99_ms, point.max_ms, point.errors) == (2.0, 6.0, 20.0, 1)
+
+
 def test_resident_memory_of_a_process_tree(serving: ModuleType) -> None:
     total, largest = serving.tree_rss_mb(os.getpid())
     assert total >= largest > 10  # this interpreter, with pytest loaded, holds more than 10 MB
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for _ in range(100):  # until the child shows up with its memory
+            worker, parent = serving.worker_and_parent_rss_mb(os.getpid())
+            if worker != parent:
+                break
+            time.sleep(0.05)
+        assert 0 < worker < parent  # the child: a bare interpreter, smaller than this one with pytest
+        assert parent == pytest.approx(serving._rss_mb(os.getpid()), rel=0.05)
+        assert serving.cpu_seconds(os.getpid()) > 0
+    finally:
+        child.kill()
+        child.wait()

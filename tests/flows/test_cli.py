@@ -6,6 +6,7 @@ Prefect server. The pipeline is a tiny CSV one (700 arrests rows, 2 epochs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -124,6 +125,49 @@ def test_help_of_every_command(deepgate, command: str | None) -> None:
         assert all(c in output for c in COMMANDS)
 
 
+def assert_the_command_serves(workspace: Path, rows: pd.DataFrame, version: str) -> None:
+    """`deepgate serve` as a process (a supervisor and a lean worker): a cold start, SIGTERM, and a
+    restart from its cache, each answering with the champion `version` like the offline model."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    argv = [sys.executable, "-m", "flows.cli", "serve", "toronto", "--port", str(port), "--poll", "3600"]
+    answers = []
+    for start in ("cold", "restart"):
+        process = subprocess.Popen(argv, env=env, cwd=workspace, stdin=subprocess.DEVNULL)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                for _ in range(1200):
+                    assert process.poll() is None, f"deepgate serve exited ({start})"
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get("/ready").status_code == 200:
+                            break
+                    time.sleep(0.05)
+                meta = client.get("/metadata").json()
+                assert (meta["version"], meta["alias"]) == (version, names.CHAMPION), start
+                columns = [c["name"] for c in meta["input_schema"]]
+                answers.append(client.post("/predict", json={"rows": rows[columns].to_dict(orient="records")}).json())
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0  # the supervisor stops its worker and exits cleanly
+    assert answers[0]["version"] == version and answers[0] == answers[1]
+    # Materialised once from the registry; the restart served it from there.
+    assert len(list((workspace / ".deepgate" / "serving").glob(f"toronto-*/v{version}/model.onnx"))) == 1
+    with Registry(load_settings(workspace)).package("toronto", version) as package:
+        expected = Predictor.load(package, backend="torch").predict_proba(rows, strict=False)
+    np.testing.assert_allclose(answers[0]["probabilities"], expected, rtol=0, atol=1e-5)
+
+
 def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: pd.DataFrame, deepgate) -> None:
     write_pipeline(workspace, arrests)
     code, output = deepgate("run", "--config", "good.yaml")
@@ -186,6 +230,7 @@ def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: 
         expected = Predictor.load(package).predict_records(rows)
     np.testing.assert_allclose(second["probabilities"], expected, rtol=0, atol=1e-6)
     assert not np.allclose(first["probabilities"], second["probabilities"])  # another model answers
+    assert_the_command_serves(workspace, arrests.iloc[:5], "2")
 
 
 def test_serve_refuses_bad_options_before_starting(deepgate) -> None:
