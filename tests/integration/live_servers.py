@@ -47,7 +47,8 @@ def _free_port() -> int:
 
 def _pg_bin(tool: str) -> str:
     """A PostgreSQL server program: on PATH, or in Debian's versioned folder (not on PATH)."""
-    found = shutil.which(tool) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"), reverse=True)), None)
+    versioned = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"), key=lambda p: float(Path(p).parts[-3]))
+    found = shutil.which(tool) or (versioned[-1] if versioned else None)
     if found is None:
         pytest.fail(
             f"PostgreSQL's {tool} was not found (PATH, /usr/lib/postgresql/*/bin): the integration tier needs "
