@@ -350,14 +350,18 @@ def _rejudge(
     dataset: Dataset,
     indices: SplitIndices,
     config: PipelineConfig,
-) -> tuple[modeling.Scoring, GateReport, GateReport]:
-    """Evaluate and audit the candidate again, against `summary.champion` (the champion of now)."""
+) -> tuple[modeling.Scoring, dict[str, Figure], GateReport, GateReport]:
+    """Evaluate and audit the candidate again, against `summary.champion` (the champion of now).
+
+    The run's evaluation artifacts and plots are replaced, so that they show what was decided on.
+    """
     scoring = evaluate(candidate, dataset, indices, registry, config, summary.champion)
+    plots = log_evaluation(registry, run_id, scoring, modeling.positive_index(candidate.predictor))
     gate = evaluation_gate(scoring.comparison, config.gates.evaluation, scoring.champion_error)
     eval_gate = _gate(registry, run_id, summary, gate)
     bias = _gate(registry, run_id, summary, audit(candidate, scoring, dataset, indices, config))
     release.tag({f"{names.TAG_GATE_PREFIX}{g.gate}": g.status for g in (eval_gate, bias)})
-    return scoring, eval_gate, bias
+    return scoring, plots, eval_gate, bias
 
 
 @contextmanager
@@ -708,7 +712,7 @@ def _retrain(
                     f"v{None if current is None else current.version} during this run: judged against the new one"
                 )
                 summary.champion = None if current is None else current.version
-                scoring, eval_gate, bias = _rejudge(
+                scoring, plots, eval_gate, bias = _rejudge(
                     registry, release, run_id, summary, candidate, dataset, indices, config
                 )
                 comparison = scoring.comparison
