@@ -16,7 +16,7 @@ export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev browser run transfer tune test test-fast audit lint format bench status serve ui clean
+.PHONY: help install dev browser postgres run transfer tune test test-fast audit lint format bench status serve ui clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,13 @@ browser: ## Headless Chromium + chromedriver for the model-card test (apt, only 
 		($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y --no-install-recommends chromium chromium-driver)
 
+# The integration tier (tests/integration/) starts a throwaway PostgreSQL cluster with initdb and
+# pg_ctl: Debian's server package, installed only when missing (Debian keeps them off PATH).
+postgres: ## PostgreSQL server programs for the integration tier (apt, only when missing)
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends postgresql)
+
 run: install ## Retrain the bundled pipelines (arrests, mnist) through every gate and print the summary
 	$(BIN)/deepgate run arrests mnist
 
@@ -57,10 +64,10 @@ transfer: install ## The transfer-learning showcase: mnist-base (digits 0-4), th
 tune: install ## Optuna search of PIPELINE's hyperparameters (TRIALS trials) -> tuned/PIPELINE.yaml
 	$(BIN)/deepgate tune $(PIPELINE) --trials $(TRIALS)
 
-test: dev browser ## Run the whole test suite (what CI runs)
+test: dev browser postgres ## Run the whole test suite, integration tier included (what CI runs)
 	$(BIN)/python -m pytest
 
-test-fast: dev browser ## Tests without the slow end-to-end ones
+test-fast: dev browser postgres ## Tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -m "not slow"
 
 # Needs PyPI (pip-audit's vulnerability data): CI runs it beside `make test`.

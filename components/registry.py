@@ -83,7 +83,19 @@ class Registry:
         if found is not None:
             return str(found.experiment_id)
         location = f"{self.settings.artifact_root}/{pipeline}" if self.settings.artifact_root else None
-        return str(self.client.create_experiment(name, artifact_location=location))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except MlflowException as error:
+            # Two first runs of a pipeline at once (two workers on one tracking server): the
+            # other created it between the lookup and here. Its experiment is this one.
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            created = self.client.get_experiment_by_name(name)
+            if created is None:
+                raise
+            return str(created.experiment_id)
 
     def start_run(self, pipeline: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         """Open a tracking run (a retraining, a search, or one trial nested under `parent_run_id`); returns its id."""

@@ -20,8 +20,9 @@ from components.config import PipelineConfig
 from components.promotion import decide_promotion, evaluation_gate
 from components.registry import Registry, VersionInfo
 from components.release import ChampionChange, Release, rollback_champion
-from components.settings import load_settings
+from components.settings import Settings, load_settings
 from components.split import split_dataset
+from flows.locks import promotion_lock
 from flows.retrain import reference_data
 
 CONFIG_ARTIFACT = names.CONFIG_ARTIFACT
@@ -82,6 +83,17 @@ def promote_version(
         raise PromotionRefused(f"{pipeline} has no version {version}")
     if info.tags.get(names.TAG_VERDICT) == names.VERDICT_ABORTED:
         raise PromotionRefused(f"v{version} was aborted during its release ({info.tags.get(names.TAG_REASONS, '')})")
+    # One promotion at a time per pipeline (retrainings too): the champion judged against is
+    # the one replaced.
+    with promotion_lock(pipeline):
+        return _judge_and_promote(settings, registry, pipeline, info, by, force_reason)
+
+
+def _judge_and_promote(
+    settings: Settings, registry: Registry, pipeline: str, info: VersionInfo, by: str, force_reason: str | None
+) -> ManualPromotion:
+    """Judge `info` against the champion of now and promote it: :func:`promote_version` under the lock."""
+    version = info.version
     champion = registry.alias_version(pipeline, names.CHAMPION)
     if champion is not None and champion.version == info.version:
         return ManualPromotion(pipeline, info.version, champion.version, True, False, ["already the champion"])

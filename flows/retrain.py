@@ -74,6 +74,7 @@ from components.suites import load_suite, save_suite, suite_hash, suite_path
 from components.summary import RunSummary
 from components.validation import build_suite, data_docs_html, validate_dataset
 from components.versioning import DataVersion, read_data_version, snapshot_raw, version_dataset
+from flows.locks import promotion_lock
 
 SUITE_ARTIFACT = "validation/suite.json"
 
@@ -414,6 +415,29 @@ def promote(registry: Registry, release: Release, config: PipelineConfig, decisi
         return release.version
     current = registry.alias_version(config.name, names.CHAMPION)
     return None if current is None else current.version
+
+
+def _rejudge(
+    registry: Registry,
+    release: Release,
+    run_id: str,
+    summary: RunSummary,
+    candidate: modeling.Candidate,
+    dataset: Dataset,
+    indices: SplitIndices,
+    config: PipelineConfig,
+) -> tuple[modeling.Scoring, dict[str, Figure], GateReport, GateReport]:
+    """Evaluate and audit the candidate again, against `summary.champion` (the champion of now).
+
+    The run's evaluation artifacts and plots are replaced, so that they show what was decided on.
+    """
+    scoring = evaluate(candidate, dataset, indices, registry, config, summary.champion)
+    plots = log_evaluation(registry, run_id, scoring, modeling.positive_index(candidate.predictor))
+    gate = evaluation_gate(scoring.comparison, config.gates.evaluation, scoring.champion_error)
+    eval_gate = _gate(registry, run_id, summary, gate)
+    bias = _gate(registry, run_id, summary, audit(candidate, scoring, dataset, indices, config))
+    release.tag({f"{names.TAG_GATE_PREFIX}{g.gate}": g.status for g in (eval_gate, bias)})
+    return scoring, plots, eval_gate, bias
 
 
 @contextmanager
@@ -798,7 +822,21 @@ def _retrain(
             )
             release.tag({f"{names.TAG_GATE_PREFIX}serving": serving.status})
 
-        with _stage(summary, "promote"):
+        with _stage(summary, "promote"), promotion_lock(config.name):
+            # Inside the lock: another run of this pipeline may have promoted while this one
+            # trained, and the challenger must beat the champion of now, not the one it read.
+            current = registry.alias_version(config.name, names.CHAMPION)
+            if (None if current is None else current.version) != summary.champion:
+                summary.notes.append(
+                    f"champion moved from v{summary.champion} to "
+                    f"v{None if current is None else current.version} during this run: judged against the new one"
+                )
+                summary.champion = None if current is None else current.version
+                scoring, plots, eval_gate, bias = _rejudge(
+                    registry, release, run_id, summary, candidate, dataset, indices, config
+                )
+                comparison = scoring.comparison
+                report_eval, champion_eval = comparison.challenger, comparison.champion
             decision = decide_promotion(
                 report_eval,
                 champion_eval,

@@ -153,3 +153,24 @@ def test_rollback_walks_the_history_back(registry: Registry) -> None:
 def test_rollback_without_a_champion_says_so(registry: Registry) -> None:
     with pytest.raises(ValueError, match="no champion"):
         rollback_champion(registry, PIPELINE, by="alice", reason="-")
+
+
+def test_two_first_runs_at_once_share_the_experiment(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first run of a pipeline looks its experiment up, finds none, and creates it; a second
+    # worker does the same at the same moment. Here the second's create lands between the
+    # first's lookup and its create (the interleaving the integration tier met on PostgreSQL).
+    other = Registry(registry.settings)
+    lookup = registry.client.get_experiment_by_name
+    calls = {"n": 0}
+
+    def looked_up_just_before_the_other_created_it(name: str) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            created = other.experiment_id(PIPELINE)
+            assert created
+            return None
+        return lookup(name)
+
+    monkeypatch.setattr(registry.client, "get_experiment_by_name", looked_up_just_before_the_other_created_it)
+    assert registry.experiment_id(PIPELINE) == other.experiment_id(PIPELINE)
+    assert calls["n"] == 2  # the failed create was followed by a second lookup
