@@ -64,11 +64,14 @@ transfer: install ## The transfer-learning showcase: mnist-base (digits 0-4), th
 tune: install ## Optuna search of PIPELINE's hyperparameters (TRIALS trials) -> tuned/PIPELINE.yaml
 	$(BIN)/deepgate tune $(PIPELINE) --trials $(TRIALS)
 
-test: dev browser postgres ## Run the whole test suite, integration tier included (what CI runs)
-	$(BIN)/python -m pytest
+test: dev browser postgres ## Run the test suite, integration tier included (all but the stress test)
+	$(BIN)/python -m pytest -m "not stress"
+
+test-stress: dev postgres ## Five retrain flows at once against the servers (~3 min; CI runs it after make test)
+	$(BIN)/python -m pytest -m stress
 
 test-fast: dev browser postgres ## Tests without the slow end-to-end ones
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not stress"
 
 # Needs PyPI (pip-audit's vulnerability data): CI runs it beside `make test`.
 audit: dev ## Known vulnerabilities in the pinned dependencies: fails on one with a fix (.ci/audit.py)

@@ -165,5 +165,6 @@ def test_two_retrainings_at_once_end_to_end_through_the_servers(services: Servic
 
 
 @pytest.mark.slow
+@pytest.mark.stress  # ~3 minutes: run by .ci/run (`make test-stress`), not by `make test`
 def test_five_retrainings_at_once_promote_one_at_a_time(services: Services, tmp_path: Path) -> None:
     _race(services, tmp_path, "race5", 5)
