@@ -60,8 +60,18 @@ class RunSummary:
     reports: list[GateReport] = field(default_factory=list, repr=False, compare=False)
 
     def add_gate(self, report: GateReport) -> None:
-        """Record a gate's verdict (and keep its report)."""
-        self.gates.append(GateLine(report.gate, report.status, report.headline()))
+        """Record a gate's verdict (and keep its report).
+
+        A gate judged again (the champion moved while the run waited to promote) replaces its
+        earlier verdict in place: the summary shows what was decided on, once.
+        """
+        line = GateLine(report.gate, report.status, report.headline())
+        for i, earlier in enumerate(self.gates):
+            if earlier.gate == report.gate:
+                self.gates[i] = line
+                self.reports = [report if r.gate == report.gate else r for r in self.reports]
+                return
+        self.gates.append(line)
         self.reports.append(report)
 
     def to_dict(self) -> dict[str, Any]:
