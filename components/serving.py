@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,6 +207,7 @@ def create_app(
         # Built before the swap: a model whose schema cannot be built never goes live.
         return Served(model, input_spec(model.predictor, max_rows, unknown_category))
 
+    predictions_by_version: dict[str, Any] = {}
     holder = ModelHolder(loader, prepare, on_swap=lambda m: metrics.serving(m.version, m.info.get("alias")))
     if prediction_log is not None:
         prediction_log.on_drop = metrics.log_dropped.inc
@@ -306,7 +308,10 @@ def create_app(
             return error.status, {"detail": error.message}
         except InputError as error:
             return 422, {"detail": str(error)}
-        metrics.predictions.labels(served.model.version).inc(len(batch))
+        counter = predictions_by_version.get(served.model.version)
+        if counter is None:  # labels() costs more than inc(): one lookup per version
+            counter = predictions_by_version[served.model.version] = metrics.predictions.labels(served.model.version)
+        counter.inc(len(batch))
         if prediction_log is not None:
             prediction_log.record(served.model.version, batch, result["predictions"], probabilities)
         return 200, result
@@ -339,6 +344,7 @@ def create_app(
     return app
 
 
+TELEMETRY_CHECK_SECONDS = 1.0  # a provider set up while serving reaches /predict within this
 # JSONResponse's rendering (json.dumps with these options), with the encoder built once.
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
@@ -355,6 +361,7 @@ class _ServingApp(FastAPI):
     """
 
     fast_predict: Any = None
+    _telemetry_answer: tuple[float, bool] = (-1.0, False)  # (monotonic time it holds until, enabled)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if (
@@ -362,11 +369,21 @@ class _ServingApp(FastAPI):
             and scope["path"] == "/predict"
             and scope["method"] == "POST"
             and self.fast_predict is not None
-            and not self._native_telemetry.enabled()
+            and not self._telemetry_enabled()
         ):
             await self.fast_predict(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    def _telemetry_enabled(self) -> bool:
+        # Asking OpenTelemetry whether a provider is configured reads os.environ three times
+        # (a few percent of a request); the answer is refreshed once a second instead.
+        until, enabled = self._telemetry_answer
+        now = time.monotonic()
+        if now >= until:
+            enabled = self._native_telemetry.enabled()
+            self._telemetry_answer = (now + TELEMETRY_CHECK_SECONDS, enabled)
+        return enabled
 
 
 async def _read_raw_body(scope: Any, receive: Any) -> bytes:
