@@ -335,7 +335,7 @@ def create_app(
                 await send({"type": "http.response.body", "body": b"Internal Server Error"})
             raise
 
-    # FastAPI's route documents /predict (the OpenAPI page); `_FastPredict` answers it.
+    # FastAPI's route documents /predict (the OpenAPI page); `_ServingApp` sends it to `fast_predict`.
     app.post("/predict", responses=ERROR_RESPONSES)(predict)
 
     routes = {route.path for route in app.routes if isinstance(route, APIRoute)} | {"/docs", "/openapi.json"}
