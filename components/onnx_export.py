@@ -143,11 +143,13 @@ class OnnxNetwork:
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._run = self.session.run  # bound once: called per request
+        self._outputs = [OUTPUT_NAME]
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """Probabilities, float32 (n, n_classes)."""
         features = np.ascontiguousarray(features, dtype=np.float32)
-        return np.asarray(self.session.run([OUTPUT_NAME], {INPUT_NAME: features})[0], dtype=np.float32)
+        return np.asarray(self._run(self._outputs, {INPUT_NAME: features})[0], dtype=np.float32)
 
 
 def torch_probabilities(predictor: Predictor, features: np.ndarray) -> np.ndarray:

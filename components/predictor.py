@@ -170,10 +170,13 @@ class Predictor:
 
     def labels(self, probabilities: np.ndarray) -> list[str]:
         """Class labels of the argmax of each probability row."""
-        return [self.classes[i] for i in np.asarray(probabilities).argmax(axis=1)]
+        classes = self.classes
+        return [classes[i] for i in np.asarray(probabilities).argmax(axis=1).tolist()]
 
     def _forward(self, features: np.ndarray) -> np.ndarray:
         if self.onnx is not None:
+            if 0 < len(features) <= BATCH_SIZE:  # one batch: nothing to concatenate
+                return self.onnx(features)
             batches = [self.onnx(features[i : i + BATCH_SIZE]) for i in range(0, len(features), BATCH_SIZE)]
             if not batches:
                 return np.zeros((0, len(self.classes)), dtype=np.float32)

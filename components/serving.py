@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,12 +24,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from components.features import InputError
 from components.prediction_log import PredictionLog
 from components.predictor import Predictor
 from components.serving_inputs import BadInput, InputSpec, UnknownCategory, input_spec, parse_batch
-from components.serving_metrics import RequestGuard, ServiceMetrics
+from components.serving_metrics import RequestGuard, ServiceMetrics, _BodyTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +125,6 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
 
-async def _read_body(request: Request) -> bytes:
-    """The raw body, after the content-type check (the size is the guard's job)."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise BadInput(415, "content type must be application/json")
-    return await request.body()
-
-
 def _parse_json(body: bytes) -> Any:
     """The parsed body."""
     if not body:
@@ -213,6 +207,7 @@ def create_app(
         # Built before the swap: a model whose schema cannot be built never goes live.
         return Served(model, input_spec(model.predictor, max_rows, unknown_category))
 
+    predictions_by_version: dict[str, Any] = {}
     holder = ModelHolder(loader, prepare, on_swap=lambda m: metrics.serving(m.version, m.info.get("alias")))
     if prediction_log is not None:
         prediction_log.on_drop = metrics.log_dropped.inc
@@ -243,7 +238,7 @@ def create_app(
             if prediction_log is not None:
                 await asyncio.to_thread(prediction_log.close)
 
-    app = FastAPI(title=f"deepgate {pipeline}", lifespan=lifespan)
+    app = _ServingApp(title=f"deepgate {pipeline}", lifespan=lifespan)
     app.state.models = holder
     app.state.refresh = holder.refresh
     app.state.metrics = metrics
@@ -294,52 +289,129 @@ def create_app(
 
         The request and response schemas below are those of the model being served.
         """
+        # The route documents /predict; `predict_asgi` answers it, the same way (see _ServingApp).
+        status, payload = await answer(request.scope, request.receive)
+        return JSONResponse(payload, status_code=status)
+
+    async def answer(scope: Any, receive: Any) -> tuple[int, dict[str, Any]]:
         served = holder.serving  # read once: the whole request uses this version
         if served is None:
-            return _error(503, "no model loaded")
+            return 503, {"detail": "no model loaded"}
         try:
-            raw = await _read_body(request)
+            raw = await _read_raw_body(scope, receive)
             body = _parse_json(raw)
             if len(raw) <= INLINE_BODY_BYTES:
-                answer, batch, probabilities = _predict(served, body)
+                result, batch, probabilities = _predict(served, body)
             else:  # CPU-bound for long: off the event loop, so /health stays responsive
-                answer, batch, probabilities = await run_in_threadpool(_predict, served, body)
+                result, batch, probabilities = await run_in_threadpool(_predict, served, body)
         except BadInput as error:
-            return _error(error.status, error.message)
+            return error.status, {"detail": error.message}
         except InputError as error:
-            return _error(422, str(error))
-        metrics.predictions.labels(served.model.version).inc(len(batch))
+            return 422, {"detail": str(error)}
+        counter = predictions_by_version.get(served.model.version)
+        if counter is None:  # labels() costs more than inc(): one lookup per version
+            counter = predictions_by_version[served.model.version] = metrics.predictions.labels(served.model.version)
+        counter.inc(len(batch))
         if prediction_log is not None:
-            prediction_log.record(served.model.version, batch, answer["predictions"], probabilities)
-        return JSONResponse(answer)
+            prediction_log.record(served.model.version, batch, result["predictions"], probabilities)
+        return 200, result
 
-    # FastAPI's route documents /predict (the OpenAPI page); `_FastPredict` answers it.
+    async def predict_asgi(scope: Any, receive: Any, send: Any) -> None:
+        # What JSONResponse(payload, status) would send, without building one; and what
+        # starlette's ServerErrorMiddleware does with an unexpected error (500, then re-raise).
+        started = False
+        try:
+            status, payload = await answer(scope, receive)
+            body = _JSON_ENCODER.encode(payload).encode()
+            headers = [(b"content-length", str(len(body)).encode()), _JSON_CONTENT_TYPE]
+            started = True
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except _BodyTooLarge:
+            raise  # the guard's own signal: it answers 413
+        except Exception:
+            if not started:
+                await send({"type": "http.response.start", "status": 500, "headers": _ERROR_500_HEADERS})
+                await send({"type": "http.response.body", "body": b"Internal Server Error"})
+            raise
+
+    # FastAPI's route documents /predict (the OpenAPI page); `_ServingApp` sends it to `fast_predict`.
     app.post("/predict", responses=ERROR_RESPONSES)(predict)
 
     routes = {route.path for route in app.routes if isinstance(route, APIRoute)} | {"/docs", "/openapi.json"}
-    app.add_middleware(_FastPredict, handler=predict)
     app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=max_body_bytes, routes=routes)  # outermost
+    app.fast_predict = RequestGuard(predict_asgi, metrics=metrics, max_body_bytes=max_body_bytes, routes=routes)
     return app
 
 
-class _FastPredict:
-    """Raw ASGI: `POST /predict` goes straight to its handler, past the router and FastAPI's layers.
+TELEMETRY_CHECK_SECONDS = 1.0  # a provider set up while serving reaches /predict within this
+# JSONResponse's rendering (json.dumps with these options), with the encoder built once.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+_ERROR_500_HEADERS = [(b"content-length", b"21"), (b"content-type", b"text/plain; charset=utf-8")]
 
-    Routing, FastAPI's dependency resolution and starlette's exception wrappers cost more than
-    validating and scoring one row; the same handler answers, the guard (size limit, metrics)
-    still runs in front of it, and every other request takes the app's normal path.
+
+class _ServingApp(FastAPI):
+    """FastAPI, except that `POST /predict` goes straight to its raw ASGI handler.
+
+    Starlette's middleware stack, routing and FastAPI's dependency resolution cost more than
+    validating and scoring one row. `fast_predict` is the same guard (size limit, content-type,
+    metrics) around a handler that answers exactly as the documented route would; every other
+    request, and /predict when FastAPI's native telemetry is on, takes the app's normal path.
     """
 
-    def __init__(self, app: Any, handler: Callable[[Request], Any]) -> None:
-        self.app = app
-        self.handler = handler
+    fast_predict: Any = None
+    _telemetry_answer: tuple[float, bool] = (-1.0, False)  # (monotonic time it holds until, enabled)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/predict":
-            response = await self.handler(Request(scope, receive))
-            await response(scope, receive, send)
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/predict"
+            and scope["method"] == "POST"
+            and self.fast_predict is not None
+            and not self._telemetry_enabled()
+        ):
+            await self.fast_predict(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+    def _telemetry_enabled(self) -> bool:
+        # Asking OpenTelemetry whether a provider is configured reads os.environ three times
+        # (a few percent of a request); the answer is refreshed once a second instead.
+        until, enabled = self._telemetry_answer
+        now = time.monotonic()
+        if now >= until:
+            enabled = self._native_telemetry.enabled()
+            self._telemetry_answer = (now + TELEMETRY_CHECK_SECONDS, enabled)
+        return enabled
+
+
+async def _read_raw_body(scope: Any, receive: Any) -> bytes:
+    """The raw body, after the content-type check (the size is the guard's job).
+
+    What `Request.headers.get("content-type")` and `await Request.body()` do, without the
+    Request object: the first content-type header, and the body's chunks up to the last.
+    """
+    content_type = ""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+            break
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise BadInput(415, "content type must be application/json")
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _openapi(app: FastAPI, holder: ModelHolder) -> dict[str, Any]:

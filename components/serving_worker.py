@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 async def _serve(app: Any, sock: socket.socket, notify_fd: int | None) -> None:
     import uvicorn
 
-    config = uvicorn.Config(app, access_log=False, log_level="warning", lifespan="on")
+    config = uvicorn.Config(_outermost(app), access_log=False, log_level="warning", lifespan="on", proxy_headers=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
@@ -159,6 +159,30 @@ async def _serve(app: Any, sock: socket.socket, notify_fd: int | None) -> None:
     await task
     if not server.started:  # uvicorn logs why; exit non-zero so the supervisor sees the failure
         sys.exit(3)
+
+
+def _outermost(app: Any) -> Any:
+    """The ASGI app given to uvicorn: `POST /predict` straight to the app's guarded fast handler.
+
+    uvicorn's own proxy-headers layer is turned off and applied here to every other request
+    (same trusted hosts), so those see X-Forwarded-* exactly as before; /predict reads neither
+    the client address nor the scheme, and skips that layer and Starlette's whole stack.
+    """
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")  # uvicorn.Config's default
+    proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
+    fast = getattr(app, "fast_predict", None)
+    if fast is None:
+        return proxied
+
+    async def outermost(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/predict" and scope["method"] == "POST":
+            await app(scope, receive, send)  # _ServingApp answers it without its middleware stack
+            return
+        await proxied(scope, receive, send)
+
+    return outermost
 
 
 if __name__ == "__main__":

@@ -101,6 +101,35 @@ def test_records_fast_path_matches_frame(prep: TabularPreprocessor, frame: pd.Da
     np.testing.assert_array_equal(out, [[0.0, 1, 0, 1, 0, 0]])
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # 1e308 scaled: inf in both paths
+def test_one_row_path_matches_the_batched_path_bit_for_bit(prep: TabularPreprocessor) -> None:
+    # A one-row request is encoded in plain Python: same values, same errors, as in a batch.
+    rng = np.random.default_rng(0)
+    ages: list[object] = [None, float("nan"), "31.5", 1e308, -1e-300, 0, 25, True, "x", [1]]
+    sexes: list[object] = ["Male", "Female", "Other", None, 1, 1.0, True, float("nan"), {"a": 1}]
+    for _ in range(400):
+        row = {
+            "age": ages[rng.integers(len(ages))] if rng.random() < 0.5 else float(rng.normal(25, 50)),
+            "sex": sexes[rng.integers(len(sexes))],
+            "employed": [True, False, "True", None, 0][rng.integers(5)],
+            "const": [5, 5.5, None, "5"][rng.integers(4)],
+        }
+        for strict in (True, False):
+            try:
+                batched: object = prep.transform_records([row, row], strict=strict)[:1]
+            except InputError as error:
+                batched = str(error)
+            try:
+                one: object = prep.transform_records([row], strict=strict)
+            except InputError as error:
+                one = str(error)
+            if isinstance(batched, str):
+                assert one == batched
+            else:
+                assert isinstance(one, np.ndarray) and one.dtype == np.float32 and one.shape == (1, prep.width)
+                assert one.tobytes() == batched.tobytes(), row  # type: ignore[attr-defined]
+
+
 def test_records_errors_name_the_problem(prep: TabularPreprocessor) -> None:
     with pytest.raises(InputError, match=r"row 0 is missing column.*'age'"):
         prep.transform_records([{"sex": "Male", "employed": True, "const": 5}])

@@ -397,3 +397,51 @@ def test_openapi_follows_the_swapped_model(predictor: Predictor) -> None:
         # The schema swapped with the model: a row with the old third column is now refused.
         response = client.post("/predict", json={"rows": ROWS})
         assert response.status_code == 422 and "unknown column 'employed'" in response.json()["detail"]
+
+
+def test_fast_predict_answers_exactly_as_the_documented_route(predictor: Predictor) -> None:
+    # POST /predict skips Starlette's stack (a raw handler behind the same guard); with it
+    # switched off, the FastAPI route answers. Status, body, headers and metrics must agree.
+    requests: list[dict[str, object]] = [
+        {"json": {"rows": ROWS}},
+        {"json": {"rows": ROWS[:1]}},
+        {"content": b'{"rows": [', "headers": {"content-type": "application/json"}},
+        {"content": b"", "headers": {"content-type": "application/json"}},
+        {"content": json.dumps({"rows": ROWS}), "headers": {"content-type": "text/plain"}},
+        {"content": json.dumps({"rows": ROWS}), "headers": {"content-type": "application/vnd.x+json; charset=utf-8"}},
+        {"json": {"rows": [ROWS[0]] * 100}},
+        {"json": {"rows": [_row(age="old")]}},
+        {"json": {"rows": [{"age": 1}]}},
+        {"json": {"images": [[0]]}},
+        {"content": b"\xff\xfe", "headers": {"content-type": "application/json"}},
+    ]
+    answers, metrics = [], []
+    for fast in (True, False):
+        loaded = LoadedModel("3", predictor, {"alias": "champion"})
+        app = create_app(SwitchableLoader(loaded), pipeline="toy", poll_seconds=0, max_body_bytes=2_000)
+        if not fast:
+            app.fast_predict = None  # type: ignore[attr-defined]
+        with TestClient(app) as client:
+            seen = []
+            for request in requests:
+                response = client.post("/predict", **request)  # type: ignore[arg-type]
+                seen.append((response.status_code, response.content, response.headers["content-type"]))
+                assert response.headers["content-length"] == str(len(response.content))
+            big = client.post(
+                "/predict", content=iter([b"[" + b"1," * 1500 + b"1]"]), headers={"content-type": "application/json"}
+            )
+            seen.append((big.status_code, big.content, big.headers["content-type"]))
+            text = client.get("/metrics").text
+        answers.append(seen)
+        metrics.append(
+            sorted(
+                line
+                for line in text.splitlines()
+                if line.startswith(
+                    ("deepgate_http_requests_total", "deepgate_http_errors_total", "deepgate_predictions_total")
+                )
+            )
+        )
+    assert answers[0] == answers[1]
+    assert [status for status, _, _ in answers[0]] == [200, 200, 400, 400, 415, 200, 413, 422, 422, 422, 400, 413]
+    assert metrics[0] == metrics[1] and any('status="413"' in line for line in metrics[0])

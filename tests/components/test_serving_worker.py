@@ -266,3 +266,29 @@ def test_supervisor_runs_workers_on_one_socket_swaps_them_and_stops_them(tmp_pat
         supervisor.stop_workers()
         sock.close()
     assert all(p.poll() is not None for p in supervisor.processes) and len(supervisor.processes) == 2
+
+
+def test_outermost_layer_answers_predict_and_keeps_proxy_headers_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvicorn's proxy-headers layer is off in the worker and applied by _outermost to every
+    # route but /predict: a redirect behind a TLS proxy still points at https.
+    from starlette.testclient import TestClient
+
+    from components.serving import LoadedModel, create_app
+    from components.serving_worker import _outermost
+
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    torch.manual_seed(0)
+    frame = pd.DataFrame({"age": [20.0, 30.0], "sex": ["Male", "Female"]})
+    prep = TabularPreprocessor.fit(frame, ["age", "sex"])
+    params = {"in_features": prep.width, "n_classes": 2, "hidden": [4]}
+    predictor = Predictor(build_model("mlp", **params), prep, ["No", "Yes"], "mlp", params)
+    app = create_app(lambda: LoadedModel("7", predictor), pipeline="toy", poll_seconds=0)
+    rows = frame.to_dict(orient="records")
+    with TestClient(_outermost(app), follow_redirects=False) as client:
+        answer = client.post("/predict", json={"rows": rows})
+        assert answer.status_code == 200 and answer.json()["version"] == "7"
+        np.testing.assert_allclose(answer.json()["probabilities"], predictor.predict_proba(frame), rtol=1e-6)
+        redirect = client.get("/health/", headers={"x-forwarded-proto": "https"})
+        assert redirect.status_code == 307 and redirect.headers["location"].startswith("https://")
+        metrics = client.get("/metrics").text
+    assert 'deepgate_http_requests_total{method="POST",route="/predict",status="200"} 1.0' in metrics
