@@ -381,7 +381,10 @@ class _ServingApp(FastAPI):
         until, enabled = self._telemetry_answer
         now = time.monotonic()
         if now >= until:
-            enabled = self._native_telemetry.enabled()
+            # A private attribute of FastAPI (0.150): were a later release to drop it, there is
+            # no native telemetry to honour, and the fast path stays right.
+            native = getattr(self, "_native_telemetry", None)
+            enabled = native is not None and bool(native.enabled())
             self._telemetry_answer = (now + TELEMETRY_CHECK_SECONDS, enabled)
         return enabled
 
