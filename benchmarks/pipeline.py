@@ -137,6 +137,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def machine_line(host: dict[str, Any]) -> str:
+    """:func:`machine`'s figures as the line the benchmarks print under their tables."""
+    return (
+        f"machine: {host['cpu_count']} cores, torch {host['torch']} with {host['torch_threads']} threads, "
+        f"load average {host['load_average']} (at the end), {host['platform']}"
+    )
+
+
 def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -162,9 +170,7 @@ def print_tables(results: dict[str, list[dict[str, Any]]], one_off: dict[str, fl
         f"one-off costs, not in the figures above: Prefect ({host['prefect_api']}) first empty flow "
         f"{one_off['first_empty_flow_s']:.1f}s vs {one_off['empty_flow_s']:.2f}s for later ones -> start-up "
         f"~{one_off['prefect_startup_s']:.1f}s; MLflow import and store creation {one_off['mlflow_store_s']:.1f}s. "
-        "Run 1 of the first pipeline still pays first imports (GX, Lightning).\n"
-        f"machine: {host['cpu_count']} cores, torch {host['torch']} with {host['torch_threads']} threads, "
-        f"load average {host['load_average']} (at the end), {host['platform']}",
+        "Run 1 of the first pipeline still pays first imports (GX, Lightning).\n" + machine_line(host),
         highlight=False,
     )
 

@@ -46,7 +46,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.pipeline import machine, prepare_workspace  # noqa: E402
+from benchmarks.pipeline import machine, machine_line, prepare_workspace  # noqa: E402
 
 INITS = ("transfer", "scratch")
 console = Console(width=None if sys.stdout.isatty() else 120)  # no wrapping when piped
@@ -192,11 +192,7 @@ def print_tables(rows: list[dict[str, Any]], summary: list[dict[str, Any]], host
             wins,
         )
     console.print(means)
-    console.print(
-        f"machine: {host['cpu_count']} cores, torch {host['torch']} with {host['torch_threads']} threads, "
-        f"load average {host['load_average']} (at the end), {host['platform']}",
-        highlight=False,
-    )
+    console.print(machine_line(host), highlight=False)
 
 
 def main() -> None:

@@ -32,6 +32,15 @@ from components.settings import Settings, load_settings
 if TYPE_CHECKING:
     from components.config import PipelineConfig
 
+# `serve` writes the prediction log and `monitor` reads it: one option, one default, one variable.
+PredictionLogOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="The sqlite file of logged predictions (default: .deepgate/predictions/PIPELINE.sqlite).",
+        envvar="DEEPGATE_SERVE_PREDICTION_LOG",
+    ),
+]
+
 app = typer.Typer(
     help="deepgate: gated retraining of deep-learning classifiers.",
     no_args_is_help=True,
@@ -552,13 +561,7 @@ def serve(
             max=1.0,
         ),
     ] = 0.0,
-    prediction_log: Annotated[
-        Path | None,
-        typer.Option(
-            help="The sqlite file of logged predictions [default: .deepgate/predictions/PIPELINE.sqlite].",
-            envvar="DEEPGATE_SERVE_PREDICTION_LOG",
-        ),
-    ] = None,
+    prediction_log: PredictionLogOption = None,
 ) -> None:
     """Serve the pipeline's @champion over REST; follows alias moves without restart.
 
@@ -824,13 +827,7 @@ def schedule(
 def monitor(
     pipeline: Annotated[str | None, typer.Argument(help="The bundled pipeline whose served model to check.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A pipeline YAML file instead.")] = None,
-    prediction_log: Annotated[
-        Path | None,
-        typer.Option(
-            help="The sqlite file of logged predictions [default: .deepgate/predictions/PIPELINE.sqlite].",
-            envvar="DEEPGATE_SERVE_PREDICTION_LOG",
-        ),
-    ] = None,
+    prediction_log: PredictionLogOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Compare logged production inputs and predictions with the champion's training data.

@@ -32,7 +32,7 @@ from components.monitoring import (
 )
 from components.registry import Registry
 from components.settings import load_settings
-from flows.retrain import config_key, reference_data
+from flows.retrain import config_key, pipeline_deployment, reference_data
 
 _task = task(cache_policy=NO_CACHE, persist_result=False)
 
@@ -121,11 +121,12 @@ def monitor(config: PipelineConfig, home: str | None = None, log_path: str | Non
 def monitor_deployments(configs: list[PipelineConfig], *, cron: str, home: str) -> list:
     """One scheduled `monitor` deployment per pipeline (`<pipeline>-monitor`), served beside retraining."""
     return [
-        monitor.to_deployment(
-            name=f"{config.name}-monitor",
+        pipeline_deployment(
+            monitor,
+            config,
+            "monitor",
             cron=cron,
-            parameters={"config": config.model_dump(mode="json"), "home": home},
-            tags=["deepgate", config.name],
+            home=home,
             description=f"Drift of {config.name}'s logged production inputs and predictions; drift starts retraining.",
         )
         for config in configs

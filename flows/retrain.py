@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -903,14 +904,29 @@ def deployments(configs: list[PipelineConfig], *, cron: str, home: str) -> list:
     an event while another is training then finds that run's model and skips in seconds.
     """
     return [
-        retrain.to_deployment(
-            name=f"{config.name}-nightly",
+        pipeline_deployment(
+            retrain,
+            config,
+            "nightly",
             cron=cron,
-            parameters={"config": config.model_dump(mode="json"), "home": home},
-            tags=["deepgate", config.name],
+            home=home,
             description=f"Scheduled and event-triggered retraining of {config.name} through every gate.",
             triggers=retrain_triggers(config.name),
             concurrency_limit=1,
         )
         for config in configs
     ]
+
+
+def pipeline_deployment(
+    pipeline_flow: Any, config: PipelineConfig, suffix: str, *, cron: str, home: str, description: str, **extra: Any
+) -> Any:
+    """A deployment `<pipeline>-<suffix>` of a flow that takes `config` and `home`, on the cron."""
+    return pipeline_flow.to_deployment(
+        name=f"{config.name}-{suffix}",
+        cron=cron,
+        parameters={"config": config.model_dump(mode="json"), "home": home},
+        tags=["deepgate", config.name],
+        description=description,
+        **extra,
+    )

@@ -6,12 +6,11 @@ the shared 2-core machine, too long for `make test`; it is run by hand (benchmar
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from scripts import load_script
 
 from components.config import load_pipeline
 
@@ -21,12 +20,7 @@ PARAMS = ROOT / "params.yaml"
 
 @pytest.fixture(scope="module")
 def transfer_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("transfer_bench", ROOT / "benchmarks" / "transfer.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/transfer.py", "transfer_bench")
 
 
 def test_scratch_trains_the_network_that_transfer_starts_from() -> None:

@@ -18,7 +18,6 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 import typer.main
 import yaml
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -414,12 +414,7 @@ def test_multi_node_training_matches_the_readme() -> None:
 
 
 def _audit_module() -> Any:
-    spec = importlib.util.spec_from_file_location("ci_audit", ROOT / ".ci" / "audit.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(".ci/audit.py", "ci_audit")
 
 
 def test_audit_fails_only_on_a_vulnerability_with_a_fix() -> None:
