@@ -13,12 +13,16 @@ renamed, so a folder that exists is complete) and points the workers at it by re
 small state file (components/serving_state.py); each worker loads the new package beside the
 old one and swaps atomically, so no request fails across a promotion or a rollback.
 
-Restart: the cache also remembers the champion last served (`champion.json`). A restarted
-service starts its workers on that package at once, and checks the registry as soon as they
-listen; if the champion moved meanwhile, the workers swap within that first check. A running
-service already lags the registry by up to `--poll` seconds; a restarted one lags it by the
-first check (about two seconds), not more. With an empty cache (first start, a new container),
-the workers wait for the first check and /ready answers 503 until then.
+Start: with the embedded sqlite registry or a tracking server, the supervisor asks the
+registry before any worker starts, without the MLflow client (components/champion_lookup.py,
+milliseconds), so the workers start on the champion of now and are ready once they listen.
+
+Restart: the cache also remembers the champion last served (`champion.json`). When the
+registry does not answer at start (or can only be read through the MLflow client, which takes
+seconds to import), a restarted service starts its workers on that package at once and checks
+the registry as soon as they listen; if the champion moved meanwhile, the workers swap within
+that first check. With an empty cache and no answer, the workers wait for the first check
+that succeeds and /ready answers 503 until then.
 """
 
 from __future__ import annotations
@@ -257,7 +261,8 @@ class Supervisor:
     # ------------------------------------------------------------------ champion
     def point_at(self, state: dict[str, Any]) -> None:
         """Hand the workers a package: rewrite the state file, remember it, prune old versions."""
-        previous = self.served
+        last = self.cache.last() if self.served is None else None  # at start: the one served last time
+        previous = self.served or (str(last["version"]) if last is not None else None)
         write_state(self.state_path, state["version"], Path(state["package"]), state.get("info") or {})
         self.served = str(state["version"])
         self.cache.remember(state)
@@ -287,23 +292,35 @@ class Supervisor:
             log.exception("checking the registry for a new champion failed; keeping the current one")
 
     # ------------------------------------------------------------------ main loop
-    def run(self, poll_seconds: float, before_first_check: Callable[[], object] | None = None) -> int:
+    def run(
+        self,
+        poll_seconds: float,
+        before_first_check: Callable[[], object] | None = None,
+        check_first: bool = False,
+    ) -> int:
         """Serve until SIGTERM/SIGINT or a worker dies; returns the exit code (0, or 1 on a dead worker).
 
         Args:
             poll_seconds: Seconds between registry checks; 0 or less checks only at start.
             before_first_check: Called once the workers run and before the first check (the
-                CLI imports the registry client there, off the workers' start-up path).
+                CLI imports the MLflow client there, off the workers' start-up path).
+            check_first: Ask the registry before any worker starts (a lookup of milliseconds,
+                components/champion_lookup.py): the workers then start on today's champion,
+                ready as soon as they listen, and a restart never serves a demoted one. When
+                the registry does not answer, the cached champion of last time is served.
         """
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stopping.set())
-        last = self.cache.last()
+        if check_first:
+            self._check_logged()
+        last = self.cache.last() if self.served is None else None
         if last is not None:  # serve the champion of last time at once; the first check follows
             write_state(self.state_path, last["version"], Path(last["package"]), last.get("info") or {})
             self.served = str(last["version"])
+        has_model = self.served is not None
         pipes = self.start_workers()
         try:
-            if last is not None:
+            if has_model:
                 # Let the workers start before the registry client loads: on a busy core the
                 # two would slow each other, and the workers are what makes the service ready.
                 self.wait_listening(pipes)
@@ -311,7 +328,11 @@ class Supervisor:
                 threading.Thread(target=self.wait_listening, args=(pipes,), daemon=True).start()
             if before_first_check is not None:
                 before_first_check()
+            # Checked already, unless the workers serve last time's champion (the registry did
+            # not answer, or was not asked): that one wants its check at once.
             next_check = time.monotonic()
+            if check_first and last is None:
+                next_check = next_check + poll_seconds if poll_seconds > 0 else float("inf")
             while not self.stopping.is_set():
                 dead = self.exited()
                 if dead is not None:

@@ -572,6 +572,7 @@ def serve(
         err.print(f"[red]error:[/red] --unknown-category must be ignore or error, not {unknown_category!r}")
         raise typer.Exit(EXIT_ERROR)
     settings = load_settings()
+    from components.champion_lookup import FastRegistry, lookup_for
     from components.serving_state import listening_socket
     from components.serving_supervisor import ChampionCache, Supervisor, WorkerOptions, cache_root, champion_state
 
@@ -594,23 +595,27 @@ def serve(
         err.print(f"warning: {root} is not writable; caching the champion in a temporary folder", highlight=False)
         root = Path(tempfile.mkdtemp(prefix=f"deepgate-serve-{pipeline}-"))
     cache = ChampionCache(root)
-    registry: list[Any] = []
 
-    def connect() -> None:
-        # MLflow is imported here, after the workers started: it costs seconds, they do not wait.
+    def connect() -> Any:
         _prepare_environment(settings)
         from components.registry import Registry
 
-        registry.append(Registry(settings))
+        return Registry(settings)
 
-    supervisor = Supervisor(sock, options, workers, cache, lambda: champion_state(registry[0], pipeline, cache))
+    # The registry is read without the MLflow client where it can be (sqlite, a tracking
+    # server): milliseconds instead of seconds, so the workers start on the champion of now.
+    registry = FastRegistry(lookup_for(settings.registry_uri), connect)
+    supervisor = Supervisor(sock, options, workers, cache, lambda: champion_state(registry, pipeline, cache))
     console.print(
         f"serving {pipeline}@champion on http://{host}:{port} with {workers} worker(s) (docs: /docs, metrics: "
-        f"/metrics); checking for a new champion every {poll:g}s"
+        f"/metrics); checking for a new champion every {poll:g}s "
+        + ("(registry read directly)" if registry.fast is not None else "(registry read through the MLflow client)")
         + (f"; logging {log_predictions:.0%} of inputs to {log_path}" if log_path is not None else ""),
         highlight=False,
     )
-    code = supervisor.run(poll, before_first_check=connect)
+    fast = registry.fast is not None
+    # Otherwise MLflow is imported once the workers run: it costs seconds, they do not wait.
+    code = supervisor.run(poll, before_first_check=None if fast else lambda: registry.client, check_first=fast)
     sock.close()
     if code != 0:
         raise typer.Exit(EXIT_ERROR)

@@ -125,9 +125,10 @@ def test_help_of_every_command(deepgate, command: str | None) -> None:
         assert all(c in output for c in COMMANDS)
 
 
-def assert_the_command_serves(workspace: Path, rows: pd.DataFrame, version: str) -> None:
+def assert_the_command_serves(workspace: Path, rows: pd.DataFrame, version: str, rolled_back_to: str) -> None:
     """`deepgate serve` as a process (a supervisor and a lean worker): a cold start, SIGTERM, and a
-    restart from its cache, each answering with the champion `version` like the offline model."""
+    restart from its cache, each answering with the champion `version` like the offline model;
+    then a restart after the champion was rolled back to `rolled_back_to` while it was down."""
     import os
     import signal
     import socket
@@ -143,26 +144,43 @@ def assert_the_command_serves(workspace: Path, rows: pd.DataFrame, version: str)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     argv = [sys.executable, "-m", "flows.cli", "serve", "toronto", "--port", str(port), "--poll", "3600"]
     answers = []
-    for start in ("cold", "restart"):
-        process = subprocess.Popen(argv, env=env, cwd=workspace, stdin=subprocess.DEVNULL)
+    for start in ("cold", "restart", "rolled back"):
+        if start == "rolled back":
+            registry = Registry(load_settings(workspace))
+            registry.client.set_registered_model_alias(
+                names.registered_model_name("toronto"), names.CHAMPION, rolled_back_to
+            )
+        process = subprocess.Popen(
+            argv, env=env, cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+        )
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
                 for _ in range(1200):
                     assert process.poll() is None, f"deepgate serve exited ({start})"
                     with contextlib.suppress(httpx.HTTPError):
-                        if client.get("/ready").status_code == 200:
+                        ready = client.get("/ready")
+                        if ready.status_code == 200:
                             break
                     time.sleep(0.05)
+                # The first ready answer already names today's champion: the registry is read
+                # before the worker starts, also on a restart with another version cached.
+                expected = rolled_back_to if start == "rolled back" else version
+                assert ready.json()["version"] == expected, start
                 meta = client.get("/metadata").json()
-                assert (meta["version"], meta["alias"]) == (version, names.CHAMPION), start
+                assert (meta["version"], meta["alias"]) == (expected, names.CHAMPION), start
                 columns = [c["name"] for c in meta["input_schema"]]
                 answers.append(client.post("/predict", json={"rows": rows[columns].to_dict(orient="records")}).json())
         finally:
             process.send_signal(signal.SIGTERM)
-            assert process.wait(30) == 0  # the supervisor stops its worker and exits cleanly
+            output = process.communicate(timeout=30)[0]
+            assert process.returncode == 0  # the supervisor stops its worker and exits cleanly
+        assert "(registry read directly)" in output, output
     assert answers[0]["version"] == version and answers[0] == answers[1]
+    assert answers[2]["version"] == rolled_back_to and answers[2] != answers[1]
     # Materialised once from the registry; the restart served it from there.
-    assert len(list((workspace / ".deepgate" / "serving").glob(f"toronto-*/v{version}/model.onnx"))) == 1
+    served = workspace / ".deepgate" / "serving"
+    assert len(list(served.glob(f"toronto-*/v{version}/model.onnx"))) == 1
+    assert len(list(served.glob(f"toronto-*/v{rolled_back_to}/model.onnx"))) == 1
     with Registry(load_settings(workspace)).package("toronto", version) as package:
         expected = Predictor.load(package, backend="torch").predict_proba(rows, strict=False)
     np.testing.assert_allclose(answers[0]["probabilities"], expected, rtol=0, atol=1e-5)
@@ -230,7 +248,7 @@ def test_serving_follows_the_champion(workspace: Path, tmp_path: Path, arrests: 
         expected = Predictor.load(package).predict_records(rows)
     np.testing.assert_allclose(second["probabilities"], expected, rtol=0, atol=1e-6)
     assert not np.allclose(first["probabilities"], second["probabilities"])  # another model answers
-    assert_the_command_serves(workspace, arrests.iloc[:5], "2")
+    assert_the_command_serves(workspace, arrests.iloc[:5], "2", rolled_back_to="1")
 
 
 def test_serve_refuses_bad_options_before_starting(deepgate) -> None:

@@ -18,10 +18,12 @@ import httpx
 import psycopg2
 import pytest
 from live_servers import BUCKET, FlowRun, Services, finish_flow, start_flow
+from lookup_cases import assert_agrees, populate
 from sklego.datasets import load_arrests
 from toronto import ANY_CHANGE, toronto_raw
 
 from components import names
+from components.champion_lookup import RestLookup, lookup_for
 from components.registry import Registry
 from components.release import champion_history
 from components.settings import load_settings
@@ -168,3 +170,20 @@ def test_two_retrainings_at_once_end_to_end_through_the_servers(services: Servic
 @pytest.mark.stress  # ~3 minutes: run by .ci/run (`make test-stress`), not by `make test`
 def test_five_retrainings_at_once_promote_one_at_a_time(services: Services, tmp_path: Path) -> None:
     _race(services, tmp_path, "race5", 5)
+
+
+def test_the_rest_lookup_answers_as_the_mlflow_client(services: Services, tmp_path: Path) -> None:
+    # `deepgate serve` reads a tracking server through its REST API and artifact proxy, without
+    # the MLflow client: the same versions, tags and aliases, and the same package bytes.
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    registry = _registry(services, workspace)
+    packages = populate(registry, "lookup")
+    lookup = lookup_for(services.mlflow_url)
+    assert isinstance(lookup, RestLookup)
+    name = names.registered_model_name("lookup")
+    assert registry.client.get_model_version_download_uri(name, "2").startswith("mlflow-artifacts:")
+    assert_agrees(lookup, registry, "lookup", packages, tmp_path)
+    assert any(key.endswith("model/artifacts/package/nested/extra weights.bin") for key in _bucket_keys(services, ""))
+    with pytest.raises(OSError):  # a server that does not answer: the supervisor keeps what it serves
+        RestLookup("http://127.0.0.1:9", timeout=2).alias_version("lookup", names.CHAMPION)
