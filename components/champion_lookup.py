@@ -32,9 +32,7 @@ import logging
 import os
 import shutil
 import sqlite3
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -243,6 +241,8 @@ class RestLookup:
             self.headers["Authorization"] = f"Basic {basic}"
 
     def _get(self, path: str, params: dict[str, str] | None = None) -> bytes:
+        import urllib.request  # here: the sqlite lookup, on every start, does without http.client
+
         url = f"{self.base_url}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
         request = urllib.request.Request(url, headers=self.headers)
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -250,6 +250,8 @@ class RestLookup:
 
     def _get_json(self, path: str, params: dict[str, str]) -> dict[str, Any] | None:
         """The JSON answer, or None for MLflow's RESOURCE_DOES_NOT_EXIST / INVALID_PARAMETER_VALUE."""
+        import urllib.error
+
         try:
             body = self._get(path, params)
         except urllib.error.HTTPError as error:

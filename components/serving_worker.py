@@ -37,7 +37,7 @@ from typing import Any
 
 from components.prediction_log import PredictionLog
 from components.predictor import Predictor
-from components.serving import MAX_BODY_BYTES, MAX_ROWS, LoadedModel, create_app
+from components.serving_core import MAX_BODY_BYTES, MAX_ROWS, LoadedModel, ServingCore
 from components.serving_state import listening_socket, read_state
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ ONNX_THREADS = 1
 
 
 def state_loader(path: Path, backend: str = "auto") -> Callable[[], LoadedModel | None]:
-    """A loader for :func:`components.serving.create_app` that follows a state file.
+    """A loader for :class:`components.serving_core.ServingCore` that follows a state file.
 
     The package is loaded only when the file names a new version; the ONNX-served predictor
     keeps its torch network unbuilt (`lazy_net`), so torch is never imported for it.
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         loader: Callable[[], LoadedModel | None] = lambda: fixed  # noqa: E731
     else:
         loader = state_loader(args.state, args.backend)
-    app = create_app(
+    core = ServingCore(
         loader,
         pipeline=args.pipeline,
         poll_seconds=args.poll if args.state is not None else 0,
@@ -139,13 +139,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     run: Callable[[Any], Any] = asyncio.run
     with contextlib.suppress(ImportError):  # uvloop when installed: uvicorn.run would pick it too
         from uvloop import run
-    run(_serve(app, sock, args.notify_fd))
+    run(_serve(core, sock, args.notify_fd))
 
 
-async def _serve(app: Any, sock: socket.socket, notify_fd: int | None) -> None:
+async def _serve(core: ServingCore, sock: socket.socket, notify_fd: int | None) -> None:
     import uvicorn
 
-    config = uvicorn.Config(_outermost(app), access_log=False, log_level="warning", lifespan="on", proxy_headers=False)
+    config = uvicorn.Config(worker_app(core), access_log=False, log_level="warning", lifespan="on", proxy_headers=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
@@ -161,26 +161,74 @@ async def _serve(app: Any, sock: socket.socket, notify_fd: int | None) -> None:
         sys.exit(3)
 
 
-def _outermost(app: Any) -> Any:
-    """The ASGI app given to uvicorn: `POST /predict` straight to the app's guarded fast handler.
+def worker_app(core: ServingCore) -> Any:
+    """The ASGI app given to uvicorn: the core answers first, the FastAPI app everything else.
 
-    uvicorn's own proxy-headers layer is turned off and applied here to every other request
-    (same trusted hosts), so those see X-Forwarded-* exactly as before; /predict reads neither
-    the client address nor the scheme, and skips that layer and Starlette's whole stack.
+    `POST /predict`, `GET /health` and `GET /ready` are answered by the core alone (the same
+    bodies, statuses and headers as the FastAPI routes). The FastAPI app over the same core
+    (components/serving.py: the OpenAPI page, /metadata, /metrics, every other path and
+    method) is built in a background thread once the worker has started, so that a worker is
+    ready without importing FastAPI (half its start-up); a request for it that comes sooner
+    waits for it, once. When FastAPI's native telemetry is on, every request goes through the
+    app.
+
+    uvicorn's own proxy-headers layer is turned off and applied here to what reaches the
+    FastAPI app (same trusted hosts), so those requests see X-Forwarded-* exactly as before;
+    the core's answers read neither the client address nor the scheme.
     """
     from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
     trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")  # uvicorn.Config's default
-    proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
-    fast = getattr(app, "fast_predict", None)
-    if fast is None:
-        return proxied
+    full: dict[str, Any] = {}  # "app" and "proxied" once built
+    building: list[asyncio.Future[None]] = []
+
+    def build() -> None:
+        from components.serving import app_for
+
+        app: Any = app_for(core, lifespan=False)
+        full["proxied"] = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
+        full["app"] = app
+        gc.freeze()  # as for the start-up's objects: out of the cyclic collector's sight
+
+    def start_building() -> asyncio.Future[None]:
+        if not building:
+            building.append(asyncio.ensure_future(asyncio.to_thread(build)))
+        return building[0]
+
+    async def proxied() -> Any:
+        if "proxied" not in full:
+            await asyncio.shield(start_building())
+        return full["proxied"]
+
+    async def lifespan(receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await core.startup()
+                await send({"type": "lifespan.startup.complete"})
+                start_building()
+            elif message["type"] == "lifespan.shutdown":
+                if building:  # never leave the thread importing while the loop closes
+                    with contextlib.suppress(Exception):
+                        await building[0]
+                await core.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def outermost(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/predict" and scope["method"] == "POST":
-            await app(scope, receive, send)  # _ServingApp answers it without its middleware stack
+        kind = scope["type"]
+        if kind == "lifespan":
+            await lifespan(receive, send)
             return
-        await proxied(scope, receive, send)
+        if kind == "http" and not ("app" in full and full["app"].telemetry_enabled()):
+            path, method = scope["path"], scope["method"]
+            if method == "POST" and path == "/predict":
+                await core.fast_predict(scope, receive, send)
+                return
+            if method == "GET" and path in ("/health", "/ready"):
+                await core.fast_probe(scope, receive, send)
+                return
+        await (await proxied())(scope, receive, send)
 
     return outermost
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -77,6 +76,8 @@ def _prepare_environment(settings: Settings) -> None:
 
 def _answers(url: str) -> bool:
     try:
+        import urllib.request  # here: http.client and email cost every command ~30 ms at start
+
         with urllib.request.urlopen(url, timeout=0.3) as response:
             return bool(response.status == 200)
     except OSError:

@@ -30,18 +30,25 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from test_serving import ROWS, SwitchableLoader, image_predictor, tabular_predictor
 
 from components.serving import LoadedModel, create_app
+from components.serving_worker import worker_app
 
 JSON = {"content-type": "application/json"}
 
 
 class LiveServer:
-    """A real uvicorn server on a loopback port, in a thread of this process."""
+    """A real uvicorn server on a loopback port, in a thread of this process.
+
+    It serves the app as `deepgate serve`'s workers do (components/serving_worker.worker_app:
+    the core's raw answers first, the FastAPI app for the rest), so every request below goes
+    through the routing that answers in production.
+    """
 
     def __init__(self, app: FastAPI) -> None:
         self._socket = socket.socket()
         self._socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        served = worker_app(app.state.core)
+        self._server = uvicorn.Server(uvicorn.Config(served, log_level="warning", access_log=False))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 
     def __enter__(self) -> LiveServer:

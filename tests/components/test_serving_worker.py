@@ -269,12 +269,12 @@ def test_supervisor_runs_workers_on_one_socket_swaps_them_and_stops_them(tmp_pat
 
 
 def test_outermost_layer_answers_predict_and_keeps_proxy_headers_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    # uvicorn's proxy-headers layer is off in the worker and applied by _outermost to every
-    # route but /predict: a redirect behind a TLS proxy still points at https.
+    # uvicorn's proxy-headers layer is off in the worker and applied by worker_app to every
+    # request the FastAPI app answers: a redirect behind a TLS proxy still points at https.
     from starlette.testclient import TestClient
 
     from components.serving import LoadedModel, create_app
-    from components.serving_worker import _outermost
+    from components.serving_worker import worker_app
 
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
     torch.manual_seed(0)
@@ -284,7 +284,7 @@ def test_outermost_layer_answers_predict_and_keeps_proxy_headers_elsewhere(monke
     predictor = Predictor(build_model("mlp", **params), prep, ["No", "Yes"], "mlp", params)
     app = create_app(lambda: LoadedModel("7", predictor), pipeline="toy", poll_seconds=0)
     rows = frame.to_dict(orient="records")
-    with TestClient(_outermost(app), follow_redirects=False) as client:
+    with TestClient(worker_app(app.state.core), follow_redirects=False) as client:
         answer = client.post("/predict", json={"rows": rows})
         assert answer.status_code == 200 and answer.json()["version"] == "7"
         np.testing.assert_allclose(answer.json()["probabilities"], predictor.predict_proba(frame), rtol=1e-6)
@@ -292,3 +292,72 @@ def test_outermost_layer_answers_predict_and_keeps_proxy_headers_elsewhere(monke
         assert redirect.status_code == 307 and redirect.headers["location"].startswith("https://")
         metrics = client.get("/metrics").text
     assert 'deepgate_http_requests_total{method="POST",route="/predict",status="200"} 1.0' in metrics
+
+
+def test_the_worker_answers_before_fastapi_is_imported_and_as_the_app_does(tmp_path: Path) -> None:
+    # A worker is ready without FastAPI (half its start-up): the core answers /predict,
+    # /health and /ready itself, byte for byte as the FastAPI routes do; the first request for
+    # anything else builds the app (in a fresh interpreter, to see what is imported when).
+    path, _ = package(tmp_path / "v1", seed=0)
+    write_state(tmp_path / "state.json", "1", path, {"alias": "champion"})
+    script = f"""
+import asyncio, json, sys
+from pathlib import Path
+from components.serving_core import ServingCore
+from components.serving_worker import state_loader, worker_app
+
+async def call(app, method, path, body=b""):
+    scope = {{"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), "scheme": "http", "root_path": "",
+             "http_version": "1.1", "asgi": {{"version": "3.0"}}}}
+    sent, messages = [], [{{"type": "http.request", "body": body, "more_body": False}}]
+    async def receive():
+        return messages.pop(0) if messages else {{"type": "http.disconnect"}}
+    async def send(message):
+        sent.append(message)
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    headers = sorted((k.decode(), v.decode()) for k, v in start["headers"])
+    return [start["status"], headers, b"".join(m.get("body", b"") for m in sent[1:]).decode()]
+
+async def main():
+    state = Path({str(tmp_path / "state.json")!r})
+    missing = Path({str(tmp_path / "missing.json")!r})
+    empty = ServingCore(state_loader(missing), pipeline="toy", poll_seconds=0)
+    await empty.startup()
+    core = ServingCore(state_loader(state), pipeline="toy", poll_seconds=0)
+    await core.startup()
+    app = worker_app(core)
+    row = json.dumps({{"rows": json.loads({json.dumps([ROWS[0]])!r})}}).encode()
+    raw = {{
+        "not ready": await call(worker_app(empty), "GET", "/ready"),
+        "ready": await call(app, "GET", "/ready"),
+        "health": await call(app, "GET", "/health"),
+        "predict": await call(app, "POST", "/predict", row),
+    }}
+    before = sorted(m for m in ("fastapi", "starlette", "anyio") if m in sys.modules)
+    meta = await call(app, "GET", "/metadata")
+    after = "fastapi" in sys.modules
+    # The same questions through the FastAPI routes themselves (no fast path).
+    from components.serving import app_for
+    documented = app_for(core, lifespan=False)
+    documented.fast_predict = None
+    through_app = {{
+        "not ready": await call(app_for(empty, lifespan=False), "GET", "/ready"),
+        "ready": await call(documented, "GET", "/ready"),
+        "health": await call(documented, "GET", "/health"),
+        "predict": await call(documented, "POST", "/predict", row),
+    }}
+    print(json.dumps({{"raw": raw, "app": through_app, "before": before, "after": after, "meta": meta[0]}}))
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=env(), capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["before"] == [] and result["after"] is True and result["meta"] == 200
+    assert result["raw"] == result["app"]
+    assert result["raw"]["not ready"][0] == 503 and result["raw"]["ready"][0] == 200
+    assert json.loads(result["raw"]["ready"][2]) == {"status": "ready", "version": "1"}
+    assert json.loads(result["raw"]["predict"][2])["version"] == "1"
