@@ -247,17 +247,19 @@ def test_supervisor_runs_workers_on_one_socket_swaps_them_and_stops_them(tmp_pat
             wait_ready(client, supervisor.processes[0], "1")
             champion.update(version="2", source=second)
             assert supervisor.check() is True
-            # Both workers share the socket: new connections reach either; all must answer v2.
+            # Both workers share the socket: new connections reach either, and the kept-alive one
+            # stays with its worker; each worker swaps on its own next poll, and all must answer v2.
             deadline = time.monotonic() + 60
             seen: set[str] = set()
             while time.monotonic() < deadline:
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as fresh:
                     seen = {fresh.post("/predict", json={"rows": ROWS}).json()["version"] for _ in range(6)}
+                answer = client.post("/predict", json={"rows": ROWS}).json()
+                seen.add(answer["version"])
                 if seen == {"2"}:
                     break
                 time.sleep(0.1)
             assert seen == {"2"}
-            answer = client.post("/predict", json={"rows": ROWS}).json()
         np.testing.assert_allclose(answer["probabilities"], model_two.predict_proba(FRAME), atol=1e-5)
         assert cache.last() is not None and cache.last()["version"] == "2"  # what a restart starts with
         assert sorted(p.name for p in cache.root.glob("v*")) == ["v1", "v2"]
