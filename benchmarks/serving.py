@@ -9,7 +9,8 @@ Run (from the project root; needs `wrk`, from Debian: `apt-get install -y wrk`, 
 1. Workspace: a temporary folder (or `--home DIR`) with a copy of params.yaml. Unless it already
    has an arrests champion, `deepgate run arrests --set train.max_epochs=1` trains and
    registers one (a subprocess; about a minute).
-2. Servers, each pinned to core 1 (`taskset -c 1`, when there are two cores or more), on
+2. Servers, each pinned to core 1 (`taskset -c 1`, when there are two cores or more; the
+   benchmark's own process, which polls them, stays on core 0), on
    `models:/deepgate-arrests@champion`. `deepgate serve arrests` is started `--starts` times
    with its package cache emptied (a cold start: the supervisor reads the registry, without the
    MLflow client, copies the champion's package and starts its worker on it) and `--starts`
@@ -622,6 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         version = ensure_champion(home, env)
+        if (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity"):
+            # This process polls /ready every 10 ms during start-ups and reads /proc between
+            # rounds: on core 0 (wrk's, idle then), never on the servers' core. Children that
+            # matter are pinned by taskset explicitly.
+            os.sched_setaffinity(0, {0})
         columns = model_columns(home, version)
         single, batch = sample_rows(1, columns), sample_rows(args.batch_rows, columns)
         cases = [("single", c, single) for c in args.connections] + [("batch", 1, batch)]

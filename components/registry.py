@@ -1,4 +1,7 @@
-"""The one edge module that talks to MLflow: runs, artifacts, the model registry and aliases.
+"""The one edge module that talks to MLflow's client: runs, artifacts, the model registry and aliases.
+
+(`deepgate serve`'s supervisor reads the alias it follows without the client, for speed:
+components/champion_lookup.py, checked against this module by its tests.)
 
 Everything goes through an explicit `run_id` (never MLflow's thread-local active run), so
 the flow's tasks can log from any thread and a crash cannot leave a wrong run "active".
