@@ -76,19 +76,8 @@ def create_app(
 ) -> FastAPI:
     """Build the service in one process: its core and the FastAPI app around it.
 
-    The model is loaded at startup; then a background task calls `loader` every
-    `poll_seconds` and swaps in a new version when there is one. Loader errors are logged and
-    the current model keeps serving. `app.state.refresh()` runs one poll on demand.
-
-    Args:
-        loader: Returns the model to serve, or None when there is none yet.
-        pipeline: The pipeline name, reported by /metadata.
-        poll_seconds: Seconds between polls; 0 or less disables polling.
-        max_body_bytes: Larger request bodies get 413, before they are read.
-        max_rows: Larger batches get 422.
-        unknown_category: A categorical value not seen in training: `ignore` scores it as no
-            known category (as training's one-hot encoding does), `error` refuses it with 422.
-        prediction_log: Where a sample of inputs and answers goes; closed (flushed) at shutdown.
+    The arguments are :class:`components.serving_core.ServingCore`'s (the model is loaded at
+    startup and polled every `poll_seconds`); `app.state.refresh()` runs one poll on demand.
     """
     core = ServingCore(
         loader,
