@@ -146,3 +146,63 @@ def test_resolving_and_materialising_the_champion_imports_no_mlflow(store, tmp_p
     through_client = champion_state(registry, "shop", ChampionCache(tmp_path / "client-cache"))
     assert through_client is not None and through_client["version"] == version
     assert tree(Path(through_client["package"])) == packages[version]
+
+
+def test_the_rest_lookup_sends_mlflows_credentials_and_reads_its_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in tracking server on loopback: it checks the credentials as MLflow's basic-auth
+    # app does, and answers as MLflow's REST API (the real server is compared in the
+    # integration tier, tests/integration/test_servers.py).
+    import base64
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            expected = "Basic " + base64.b64encode(b"reviewer:s3cret").decode()
+            if self.headers.get("Authorization") != expected:
+                self._answer(401, {"error_code": "UNAUTHENTICATED", "message": "credentials"})
+            elif "alias=champion" in self.path:
+                version = {
+                    "version": "4",
+                    "run_id": "r",
+                    "source": "s",
+                    "creation_timestamp": 5,
+                    "aliases": ["champion"],
+                }
+                self._answer(200, {"model_version": {**version, "tags": [{"key": "k", "value": "v"}]}})
+            else:
+                self._answer(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such alias"})
+
+        def _answer(self, status: int, body: dict[str, object]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reviewer")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+        lookup = lookup_for(url)
+        assert isinstance(lookup, RestLookup)
+        assert lookup.alias_version("shop", names.CHAMPION) == VersionInfo("4", "r", ["champion"], {"k": "v"}, 5, "s")
+        assert lookup.alias_version("shop", "nobody") is None  # MLflow's "does not exist": no such alias
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        import urllib.error
+
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # never read as "no champion"
+            lookup_for(url).alias_version("shop", names.CHAMPION)  # type: ignore[union-attr]
+    finally:
+        server.shutdown()
+    assert seen[0] == "Basic " + base64.b64encode(b"reviewer:s3cret").decode()
