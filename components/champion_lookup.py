@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 PACKAGE_PATH = ("artifacts", "package")  # inside a version's pyfunc model (Registry.log_model)
 DEFAULT_WORKSPACE = "default"  # MLflow's single-tenant workspace
 DELETED_STAGE = "Deleted_Internal"  # MLflow marks deleted versions, it keeps their rows
-HTTP_TIMEOUT_S = 10.0
+# Per socket operation (connect, each read), not per request: a healthy server answers within
+# it, and a restart whose registry is unreachable falls back to its cached champion this soon.
+HTTP_TIMEOUT_S = 5.0
 # MLflow client settings these lookups do not implement: when one is set, the client decides.
 _CLIENT_ONLY_ENV = (
     "MLFLOW_TRACKING_CLIENT_CERT_PATH",
