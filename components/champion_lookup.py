@@ -156,10 +156,10 @@ class SqliteLookup:
         try:
             workspaces = self._schema(db)
             db.execute("BEGIN")  # one snapshot for every query: a promotion is not seen half-done
-            where, args = self._where("registered_model_aliases", workspaces)
+            alias_where, alias_args = self._where("registered_model_aliases", workspaces)
             row = db.execute(
-                f"SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?{where}",
-                (name, alias, *args),
+                f"SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?{alias_where}",
+                (name, alias, *alias_args),
             ).fetchone()
             if row is None:
                 return None
@@ -179,12 +179,11 @@ class SqliteLookup:
                     (name, version, *args),
                 ).fetchall()
             )
-            where, args = self._where("registered_model_aliases", workspaces)
             aliases = [
                 r[0]
                 for r in db.execute(
-                    f"SELECT alias FROM registered_model_aliases WHERE name = ? AND version = ?{where}",
-                    (name, version, *args),
+                    f"SELECT alias FROM registered_model_aliases WHERE name = ? AND version = ?{alias_where}",
+                    (name, version, *alias_args),
                 )
             ]
         except _NoRegistry:

@@ -8,7 +8,8 @@ worker's start-up (about 0.3 s of CPU here), and a worker is ready without it. I
 (tests, an embedding ASGI server), `create_app` builds both at once.
 
 What is answered here is answered exactly as the FastAPI routes answer it (same bodies,
-statuses and headers); tests/components/test_serving.py compares the two on every case.
+statuses and headers): tests/components/test_serving.py compares /predict on every case,
+tests/components/test_serving_worker.py the probes and /predict byte for byte.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ MAX_BODY_BYTES = 1_000_000
 # to a thread, so that a big batch never holds up /health or other requests.
 INLINE_BODY_BYTES = 16_384
 # The service's paths (metrics count each under its own label; others count as "other").
-# components/serving.py's FastAPI app has exactly these (a test checks it).
+# components/serving.py's FastAPI app has exactly these (app_for refuses to build otherwise).
 ROUTES = frozenset({"/health", "/ready", "/metadata", "/metrics", "/predict", "/docs", "/openapi.json"})
 # JSONResponse's rendering (json.dumps with these options), with the encoder built once.
 JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
@@ -194,12 +195,18 @@ async def read_raw_body(scope: Any, receive: Any) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def send_json(send: Any, status: int, payload: Any) -> None:
-    """What starlette's JSONResponse(payload, status) sends, without building one."""
+def json_messages(status: int, payload: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two ASGI messages starlette's JSONResponse(payload, status) sends, without building one."""
     body = JSON_ENCODER.encode(payload).encode()
     headers = [(b"content-length", str(len(body)).encode()), _JSON_CONTENT_TYPE]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    start = {"type": "http.response.start", "status": status, "headers": headers}
+    return start, {"type": "http.response.body", "body": body}
+
+
+async def send_json(send: Any, status: int, payload: Any) -> None:
+    """Send what JSONResponse(payload, status) would."""
+    for message in json_messages(status, payload):
+        await send(message)
 
 
 class ServingCore:
@@ -329,16 +336,14 @@ class ServingCore:
         return 200, result
 
     async def _predict_asgi(self, scope: Any, receive: Any, send: Any) -> None:
-        # What JSONResponse(payload, status) would send, without building one; and what
-        # starlette's ServerErrorMiddleware does with an unexpected error (500, then re-raise).
+        # What JSONResponse(payload, status) would send; and what starlette's
+        # ServerErrorMiddleware does with an unexpected error (500, then re-raise).
         started = False
         try:
-            status, payload = await self.answer(scope, receive)
-            body = JSON_ENCODER.encode(payload).encode()
-            headers = [(b"content-length", str(len(body)).encode()), _JSON_CONTENT_TYPE]
+            start, body = json_messages(*await self.answer(scope, receive))
             started = True
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send(start)
+            await send(body)
         except _BodyTooLarge:
             raise  # the guard's own signal: it answers 413
         except Exception:

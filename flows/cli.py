@@ -606,15 +606,15 @@ def serve(
     # The registry is read without the MLflow client where it can be (sqlite, a tracking
     # server): milliseconds instead of seconds, so the workers start on the champion of now.
     registry = FastRegistry(lookup_for(settings.registry_uri), connect)
+    fast = registry.fast is not None
     supervisor = Supervisor(sock, options, workers, cache, lambda: champion_state(registry, pipeline, cache))
     console.print(
         f"serving {pipeline}@champion on http://{host}:{port} with {workers} worker(s) (docs: /docs, metrics: "
         f"/metrics); checking for a new champion every {poll:g}s "
-        + ("(registry read directly)" if registry.fast is not None else "(registry read through the MLflow client)")
+        + ("(registry read directly)" if fast else "(registry read through the MLflow client)")
         + (f"; logging {log_predictions:.0%} of inputs to {log_path}" if log_path is not None else ""),
         highlight=False,
     )
-    fast = registry.fast is not None
     # Otherwise MLflow is imported once the workers run: it costs seconds, they do not wait.
     code = supervisor.run(poll, before_first_check=None if fast else lambda: registry.client, check_first=fast)
     sock.close()
